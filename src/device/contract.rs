@@ -1,0 +1,168 @@
+//! The backend contract: the operations every backend implements, and the plain
+//! shape descriptions they take. Storages are contiguous, row-major buffers; the
+//! tensor layer checks shapes and derives these descriptions, so a backend never
+//! validates user input, it only computes.
+
+use super::DType;
+use crate::error::Result;
+
+/// Activation functions, applied elementwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Silu,
+    /// GELU with the exact erf form (PyTorch's default `approximate="none"`).
+    Gelu,
+    /// GELU with the tanh approximation (`approximate="tanh"`).
+    GeluTanh,
+    /// x·sigmoid(1.702·x), as in OpenAI's CLIP.
+    QuickGelu,
+    Relu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+    /// Index of the first maximum, as a u32 tensor.
+    ArgMax,
+}
+
+/// The most dimensions a broadcast or strided copy takes after collapsing
+/// contiguous runs; kernels take this many as a fixed-size argument.
+pub const MAX_DIMS: usize = 6;
+
+/// An elementwise binary op over broadcast operands: output index `i` decomposes
+/// into `dims` (row-major) and each operand reads at `sum(idx[d] * strides[d])`,
+/// with stride 0 along broadcast dimensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BroadcastLayout {
+    pub dims: Vec<usize>,
+    pub lhs_strides: Vec<usize>,
+    pub rhs_strides: Vec<usize>,
+}
+
+/// A tensor seen as (outer, len, inner) around the axis being reduced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReduceShape {
+    pub outer: usize,
+    pub len: usize,
+    pub inner: usize,
+}
+
+/// Batched C = op(A)·op(B), all row-major. A is (m, k), or (k, m) when `trans_a`;
+/// B is (k, n), or (n, k) when `trans_b`. A batch stride of 0 shares one operand
+/// across the batch (a weight matrix against a batch of activations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub a_batch_stride: usize,
+    pub b_batch_stride: usize,
+}
+
+/// 2-D convolution over NCHW input and (c_out, c_in / groups, kh, kw) weight,
+/// producing (n, c_out, h_out, w_out). Cross-correlation, as PyTorch computes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+}
+
+/// Group normalisation of (n, c, spatial) with per-channel affine weight and bias.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupNormShape {
+    pub n: usize,
+    pub c: usize,
+    pub spatial: usize,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+/// softmax(Q·Kᵀ·scale + mask)·V over (batch, heads, seq, head_dim).
+/// `causal` masks key j for query i when j > i (top-left aligned, as PyTorch's
+/// `is_causal`). The additive f32 mask, when given, is read at
+/// `b*s0 + h*s1 + i*s2 + j*s3` with `mask_strides`, so a (batch, 1, 1, kv_len)
+/// padding mask broadcasts over heads and queries. A query whose keys are all
+/// masked gets a zero output row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionParams {
+    pub batch: usize,
+    pub heads: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub causal: bool,
+    pub mask_strides: [usize; 4],
+}
+
+/// A rectangular copy: `rows` rows of `cols` elements, from `src` starting at
+/// `src_offset` with row pitch `src_pitch`, into `dst` at `dst_offset` with row
+/// pitch `dst_pitch`. Concatenation and splitting along any axis are this copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copy2d {
+    pub rows: usize,
+    pub cols: usize,
+    pub src_pitch: usize,
+    pub dst_pitch: usize,
+    pub src_offset: usize,
+    pub dst_offset: usize,
+}
+
+/// What every backend's storage can do. Inputs are contiguous; a float op takes
+/// f32/f16/bf16 and returns the input dtype (accumulating in f32).
+pub trait BackendStorage: Sized {
+    fn dtype(&self) -> DType;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A new zero-filled storage of the same backend.
+    fn zeros_like(&self, len: usize, dtype: DType) -> Result<Self>;
+    fn to_dtype(&self, dtype: DType) -> Result<Self>;
+    fn unary(&self, op: UnaryOp) -> Result<Self>;
+    /// x · factor.
+    fn scale(&self, factor: f32) -> Result<Self>;
+    fn binary(&self, op: BinaryOp, rhs: &Self, layout: &BroadcastLayout) -> Result<Self>;
+    fn reduce(&self, op: ReduceOp, shape: ReduceShape) -> Result<Self>;
+    /// Softmax (or log-softmax) over the last axis of (rows, cols).
+    fn softmax(&self, rows: usize, cols: usize, log: bool) -> Result<Self>;
+    fn matmul(&self, rhs: &Self, shape: &MatmulShape) -> Result<Self>;
+    /// Layer norm over the last axis of (rows, cols) with weight and bias of length cols.
+    fn layer_norm(&self, weight: &Self, bias: &Self, rows: usize, cols: usize, eps: f32) -> Result<Self>;
+    fn group_norm(&self, weight: &Self, bias: &Self, shape: GroupNormShape) -> Result<Self>;
+    fn conv2d(&self, weight: &Self, bias: Option<&Self>, params: &Conv2dParams) -> Result<Self>;
+    /// Nearest-neighbour ×2 upsampling of (planes, h, w) to (planes, 2h, 2w).
+    fn upsample_nearest2x(&self, planes: usize, h: usize, w: usize) -> Result<Self>;
+    /// A gather: output index `i` decomposes into `dims` and reads the input at
+    /// `sum(idx[d] * strides[d])` (a permutation or any strided view, made contiguous).
+    fn copy_strided(&self, dims: &[usize], strides: &[usize]) -> Result<Self>;
+    fn copy2d_into(&self, dst: &mut Self, copy: Copy2d) -> Result<()>;
+    /// Rows of the (vocab, dim) table `self` picked by the u32 `ids`.
+    fn embedding(&self, ids: &Self, dim: usize) -> Result<Self>;
+    fn attention(&self, k: &Self, v: &Self, mask: Option<&Self>, params: &AttentionParams) -> Result<Self>;
+}

@@ -1,0 +1,218 @@
+//! The CPU backend: the reference every CUDA kernel is tested against, and the
+//! fallback when there is no GPU. Float ops compute in f32 (f16 and bf16 inputs
+//! are widened and the result narrowed back), parallel with rayon.
+
+mod attention;
+pub mod conv;
+mod elementwise;
+pub mod gemm;
+mod layout;
+mod matmul;
+mod norm;
+mod reduce;
+
+use std::borrow::Cow;
+
+use half::slice::HalfFloatSliceExt;
+use half::vec::HalfFloatVecExt;
+use half::{bf16, f16};
+
+use super::contract::*;
+use super::{DType, HostData};
+use crate::error::{Error, Result};
+
+/// Below this many elements an elementwise op runs on one thread: rayon's
+/// fork-join costs more than it saves.
+pub(crate) const PAR_MIN: usize = 1 << 14;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    U32(Vec<u32>),
+}
+
+impl CpuStorage {
+    pub fn from_host(data: HostData) -> CpuStorage {
+        match data {
+            HostData::F32(v) => CpuStorage::F32(v),
+            HostData::F16(v) => CpuStorage::F16(v),
+            HostData::BF16(v) => CpuStorage::BF16(v),
+            HostData::U32(v) => CpuStorage::U32(v),
+        }
+    }
+
+    pub fn to_host(&self) -> HostData {
+        match self {
+            CpuStorage::F32(v) => HostData::F32(v.clone()),
+            CpuStorage::F16(v) => HostData::F16(v.clone()),
+            CpuStorage::BF16(v) => HostData::BF16(v.clone()),
+            CpuStorage::U32(v) => HostData::U32(v.clone()),
+        }
+    }
+
+    /// The values as f32, borrowed when they already are.
+    fn f32s(&self, op: &'static str) -> Result<Cow<'_, [f32]>> {
+        match self {
+            CpuStorage::F32(v) => Ok(Cow::Borrowed(v)),
+            CpuStorage::F16(v) => Ok(Cow::Owned(v.to_f32_vec())),
+            CpuStorage::BF16(v) => Ok(Cow::Owned(v.to_f32_vec())),
+            CpuStorage::U32(_) => Err(Error::DType { op, dtype: DType::U32 }),
+        }
+    }
+
+    /// f32 results narrowed to `dtype` (a float dtype).
+    fn from_f32(values: Vec<f32>, dtype: DType) -> CpuStorage {
+        match dtype {
+            DType::F16 => CpuStorage::F16(Vec::from_f32_slice(&values)),
+            DType::BF16 => CpuStorage::BF16(Vec::from_f32_slice(&values)),
+            _ => CpuStorage::F32(values),
+        }
+    }
+
+    fn u32s(&self, op: &'static str) -> Result<&[u32]> {
+        match self {
+            CpuStorage::U32(v) => Ok(v),
+            other => Err(Error::DType { op, dtype: other.dtype() }),
+        }
+    }
+
+    /// Applies `f` to the f32 view of `self` and returns the result in `self`'s dtype.
+    fn map_f32(&self, op: &'static str, f: impl FnOnce(&[f32]) -> Vec<f32>) -> Result<CpuStorage> {
+        let x = self.f32s(op)?;
+        Ok(CpuStorage::from_f32(f(&x), self.dtype()))
+    }
+}
+
+impl BackendStorage for CpuStorage {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::U32(_) => DType::U32,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+            CpuStorage::U32(v) => v.len(),
+        }
+    }
+
+    fn zeros_like(&self, len: usize, dtype: DType) -> Result<Self> {
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(vec![0.0; len]),
+            DType::F16 => CpuStorage::F16(vec![f16::ZERO; len]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; len]),
+            DType::U32 => CpuStorage::U32(vec![0; len]),
+        })
+    }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        Ok(match (self, dtype) {
+            (CpuStorage::U32(v), _) => CpuStorage::from_f32(v.iter().map(|&x| x as f32).collect(), dtype),
+            // Float to index truncates toward zero and saturates, as Rust's `as` does.
+            (_, DType::U32) => CpuStorage::U32(self.f32s("to_dtype")?.iter().map(|&x| x as u32).collect()),
+            _ => CpuStorage::from_f32(self.f32s("to_dtype")?.into_owned(), dtype),
+        })
+    }
+
+    fn unary(&self, op: UnaryOp) -> Result<Self> {
+        self.map_f32("unary", |x| elementwise::unary(op, x))
+    }
+
+    fn scale(&self, factor: f32) -> Result<Self> {
+        self.map_f32("scale", |x| elementwise::scale(x, factor))
+    }
+
+    fn binary(&self, op: BinaryOp, rhs: &Self, layout: &BroadcastLayout) -> Result<Self> {
+        let (a, b) = (self.f32s("binary")?, rhs.f32s("binary")?);
+        Ok(CpuStorage::from_f32(elementwise::binary(op, &a, &b, layout), self.dtype()))
+    }
+
+    fn reduce(&self, op: ReduceOp, shape: ReduceShape) -> Result<Self> {
+        let x = self.f32s("reduce")?;
+        Ok(match op {
+            ReduceOp::ArgMax => CpuStorage::U32(reduce::argmax(&x, shape)),
+            _ => CpuStorage::from_f32(reduce::reduce(op, &x, shape), self.dtype()),
+        })
+    }
+
+    fn softmax(&self, rows: usize, cols: usize, log: bool) -> Result<Self> {
+        self.map_f32("softmax", |x| reduce::softmax(x, rows, cols, log))
+    }
+
+    fn matmul(&self, rhs: &Self, s: &MatmulShape) -> Result<Self> {
+        let (a, b) = (self.f32s("matmul")?, rhs.f32s("matmul")?);
+        Ok(CpuStorage::from_f32(matmul::batched(&a, &b, s), self.dtype()))
+    }
+
+    fn layer_norm(&self, weight: &Self, bias: &Self, rows: usize, cols: usize, eps: f32) -> Result<Self> {
+        let (w, b) = (weight.f32s("layer_norm")?, bias.f32s("layer_norm")?);
+        self.map_f32("layer_norm", |x| norm::layer_norm(x, &w, &b, rows, cols, eps))
+    }
+
+    fn group_norm(&self, weight: &Self, bias: &Self, shape: GroupNormShape) -> Result<Self> {
+        let (w, b) = (weight.f32s("group_norm")?, bias.f32s("group_norm")?);
+        self.map_f32("group_norm", |x| norm::group_norm(x, &w, &b, shape))
+    }
+
+    fn conv2d(&self, weight: &Self, bias: Option<&Self>, params: &Conv2dParams) -> Result<Self> {
+        let w = weight.f32s("conv2d")?;
+        let b = bias.map(|b| b.f32s("conv2d")).transpose()?;
+        self.map_f32("conv2d", |x| conv::conv2d(x, &w, b.as_deref(), params))
+    }
+
+    fn upsample_nearest2x(&self, planes: usize, h: usize, w: usize) -> Result<Self> {
+        Ok(match self {
+            CpuStorage::F32(v) => CpuStorage::F32(layout::upsample_nearest2x(v, planes, h, w)),
+            CpuStorage::F16(v) => CpuStorage::F16(layout::upsample_nearest2x(v, planes, h, w)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(layout::upsample_nearest2x(v, planes, h, w)),
+            CpuStorage::U32(v) => CpuStorage::U32(layout::upsample_nearest2x(v, planes, h, w)),
+        })
+    }
+
+    fn copy_strided(&self, dims: &[usize], strides: &[usize]) -> Result<Self> {
+        Ok(match self {
+            CpuStorage::F32(v) => CpuStorage::F32(layout::copy_strided(v, dims, strides)),
+            CpuStorage::F16(v) => CpuStorage::F16(layout::copy_strided(v, dims, strides)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(layout::copy_strided(v, dims, strides)),
+            CpuStorage::U32(v) => CpuStorage::U32(layout::copy_strided(v, dims, strides)),
+        })
+    }
+
+    fn copy2d_into(&self, dst: &mut Self, c: Copy2d) -> Result<()> {
+        match (self, dst) {
+            (CpuStorage::F32(s), CpuStorage::F32(d)) => layout::copy2d(s, d, c),
+            (CpuStorage::F16(s), CpuStorage::F16(d)) => layout::copy2d(s, d, c),
+            (CpuStorage::BF16(s), CpuStorage::BF16(d)) => layout::copy2d(s, d, c),
+            (CpuStorage::U32(s), CpuStorage::U32(d)) => layout::copy2d(s, d, c),
+            (s, _) => return Err(Error::DType { op: "copy2d", dtype: s.dtype() }),
+        }
+        Ok(())
+    }
+
+    fn embedding(&self, ids: &Self, dim: usize) -> Result<Self> {
+        let ids = ids.u32s("embedding")?;
+        Ok(match self {
+            CpuStorage::F32(t) => CpuStorage::F32(layout::embedding(t, ids, dim)?),
+            CpuStorage::F16(t) => CpuStorage::F16(layout::embedding(t, ids, dim)?),
+            CpuStorage::BF16(t) => CpuStorage::BF16(layout::embedding(t, ids, dim)?),
+            CpuStorage::U32(_) => return Err(Error::DType { op: "embedding", dtype: DType::U32 }),
+        })
+    }
+
+    fn attention(&self, k: &Self, v: &Self, mask: Option<&Self>, p: &AttentionParams) -> Result<Self> {
+        let (kk, vv) = (k.f32s("attention")?, v.f32s("attention")?);
+        let m = mask.map(|m| m.f32s("attention")).transpose()?;
+        self.map_f32("attention", |q| attention::attention(q, &kk, &vv, m.as_deref(), p))
+    }
+}

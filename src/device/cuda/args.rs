@@ -1,0 +1,152 @@
+//! `#[repr(C)]` mirrors of the by-value kernel argument structs in
+//! kernels/common.cuh: the layouts must match field for field.
+
+use cudarc::driver::DeviceRepr;
+
+use crate::device::contract::{AttentionParams, BroadcastLayout, Conv2dParams, MAX_DIMS};
+use crate::error::{Error, Result};
+
+/// Checks a size fits the kernels' u32 indexing.
+pub(crate) fn u32_of(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Cuda(format!("{what} = {v} exceeds the kernels' 32-bit indexing")))
+}
+
+fn fill(what: &str, dst: &mut [u32; MAX_DIMS], src: &[usize]) -> Result<()> {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = u32_of(what, s)?;
+    }
+    Ok(())
+}
+
+fn check_rank(rank: usize) -> Result<u32> {
+    if rank > MAX_DIMS {
+        return Err(Error::Cuda(format!("{rank} dimensions after collapsing; kernels take at most {MAX_DIMS}")));
+    }
+    Ok(rank as u32)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct BroadcastArgs {
+    rank: u32,
+    dims: [u32; MAX_DIMS],
+    lhs_strides: [u32; MAX_DIMS],
+    rhs_strides: [u32; MAX_DIMS],
+}
+// SAFETY: plain-old-data with the C layout of the kernel parameter.
+unsafe impl DeviceRepr for BroadcastArgs {}
+
+impl BroadcastArgs {
+    pub(crate) fn new(l: &BroadcastLayout) -> Result<Self> {
+        let mut a = BroadcastArgs { rank: check_rank(l.dims.len())?, ..Default::default() };
+        fill("dim", &mut a.dims, &l.dims)?;
+        fill("stride", &mut a.lhs_strides, &l.lhs_strides)?;
+        fill("stride", &mut a.rhs_strides, &l.rhs_strides)?;
+        Ok(a)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct StridedArgs {
+    rank: u32,
+    dims: [u32; MAX_DIMS],
+    strides: [u32; MAX_DIMS],
+}
+// SAFETY: plain-old-data with the C layout of the kernel parameter.
+unsafe impl DeviceRepr for StridedArgs {}
+
+impl StridedArgs {
+    pub(crate) fn new(dims: &[usize], strides: &[usize]) -> Result<Self> {
+        let mut a = StridedArgs { rank: check_rank(dims.len())?, ..Default::default() };
+        fill("dim", &mut a.dims, dims)?;
+        fill("stride", &mut a.strides, strides)?;
+        Ok(a)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Conv2dArgs {
+    n: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    kh: u32,
+    kw: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+    dil_h: u32,
+    dil_w: u32,
+    groups: u32,
+    h_out: u32,
+    w_out: u32,
+    has_bias: u32,
+}
+// SAFETY: plain-old-data with the C layout of the kernel parameter.
+unsafe impl DeviceRepr for Conv2dArgs {}
+
+impl Conv2dArgs {
+    pub(crate) fn new(p: &Conv2dParams, has_bias: bool) -> Result<Self> {
+        let u = |v| u32_of("conv2d size", v);
+        Ok(Conv2dArgs {
+            n: u(p.n)?,
+            c_in: u(p.c_in)?,
+            h: u(p.h)?,
+            w: u(p.w)?,
+            c_out: u(p.c_out)?,
+            kh: u(p.kh)?,
+            kw: u(p.kw)?,
+            stride_h: u(p.stride.0)?,
+            stride_w: u(p.stride.1)?,
+            pad_h: u(p.padding.0)?,
+            pad_w: u(p.padding.1)?,
+            dil_h: u(p.dilation.0)?,
+            dil_w: u(p.dilation.1)?,
+            groups: u(p.groups)?,
+            h_out: u(p.h_out)?,
+            w_out: u(p.w_out)?,
+            has_bias: has_bias as u32,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct AttentionArgs {
+    batch: u32,
+    heads: u32,
+    q_len: u32,
+    kv_len: u32,
+    head_dim: u32,
+    scale: f32,
+    causal: u32,
+    has_mask: u32,
+    mask_strides: [u32; 4],
+}
+// SAFETY: plain-old-data with the C layout of the kernel parameter.
+unsafe impl DeviceRepr for AttentionArgs {}
+
+impl AttentionArgs {
+    pub(crate) fn new(p: &AttentionParams, has_mask: bool) -> Result<Self> {
+        let u = |v| u32_of("attention size", v);
+        let mut mask_strides = [0u32; 4];
+        for (d, &s) in mask_strides.iter_mut().zip(&p.mask_strides) {
+            *d = u(s)?;
+        }
+        Ok(AttentionArgs {
+            batch: u(p.batch)?,
+            heads: u(p.heads)?,
+            q_len: u(p.q_len)?,
+            kv_len: u(p.kv_len)?,
+            head_dim: u(p.head_dim)?,
+            scale: p.scale,
+            causal: p.causal as u32,
+            has_mask: has_mask as u32,
+            mask_strides,
+        })
+    }
+}

@@ -1,0 +1,303 @@
+//! The device layer: the backend contract, the CPU backend (reference and
+//! fallback) and the CUDA backend, and `Storage`, which holds a buffer on either
+//! and dispatches every op of the contract to its backend.
+
+pub mod contract;
+pub mod cpu;
+pub mod cuda;
+mod dtype;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use contract::*;
+pub use cpu::CpuStorage;
+pub use cuda::{CudaDevice, CudaStorage};
+pub use dtype::DType;
+
+use crate::error::{Error, Result};
+
+/// Where a tensor lives.
+#[derive(Clone)]
+pub enum Device {
+    Cpu,
+    Cuda(Arc<CudaDevice>),
+}
+
+impl Device {
+    /// The CUDA device `ordinal`, or an error that says in one line why there is none.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Ok(Device::Cuda(CudaDevice::open(ordinal)?))
+    }
+
+    /// The first GPU when one is usable, else the CPU together with the reason.
+    pub fn best() -> (Device, Option<String>) {
+        match Device::cuda(0) {
+            Ok(dev) => (dev, None),
+            Err(e) => (Device::Cpu, Some(e.to_string())),
+        }
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    pub fn same(&self, other: &Device) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            (Device::Cuda(a), Device::Cuda(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Blocks until queued work on the device has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(d) => d.synchronize(),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(d) => write!(f, "cuda:{}", d.ordinal()),
+        }
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Host-side data of one dtype, to move into or out of a storage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+    BF16(Vec<half::bf16>),
+    U32(Vec<u32>),
+}
+
+impl HostData {
+    pub fn dtype(&self) -> DType {
+        match self {
+            HostData::F32(_) => DType::F32,
+            HostData::F16(_) => DType::F16,
+            HostData::BF16(_) => DType::BF16,
+            HostData::U32(_) => DType::U32,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            HostData::F32(v) => v.len(),
+            HostData::F16(v) => v.len(),
+            HostData::BF16(v) => v.len(),
+            HostData::U32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A contiguous buffer on one device.
+pub enum Storage {
+    Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+impl Storage {
+    pub fn from_host(data: HostData, device: &Device) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::from_host(data))),
+            Device::Cuda(d) => Ok(Storage::Cuda(d.upload(&data)?)),
+        }
+    }
+
+    pub fn to_host(&self) -> Result<HostData> {
+        match self {
+            Storage::Cpu(s) => Ok(s.to_host()),
+            Storage::Cuda(s) => s.download(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => Device::Cuda(s.device().clone()),
+        }
+    }
+}
+
+/// Unwraps same-backend operands, or reports the mismatch.
+macro_rules! same_backend {
+    ($op:expr, $self:expr, $other:expr, |$a:ident, $b:ident| $cpu:expr, $cuda:expr) => {
+        match ($self, $other) {
+            (Storage::Cpu($a), Storage::Cpu($b)) => $cpu.map(Storage::Cpu),
+            (Storage::Cuda($a), Storage::Cuda($b)) => $cuda.map(Storage::Cuda),
+            (l, r) => Err(Error::DeviceMismatch {
+                op: $op,
+                lhs: l.device().to_string(),
+                rhs: r.device().to_string(),
+            }),
+        }
+    };
+}
+
+macro_rules! each_backend {
+    ($self:expr, |$s:ident| $body:expr) => {
+        match $self {
+            Storage::Cpu($s) => $body.map(Storage::Cpu),
+            Storage::Cuda($s) => $body.map(Storage::Cuda),
+        }
+    };
+}
+
+fn mismatch(op: &'static str, parts: &[&Storage]) -> Error {
+    Error::DeviceMismatch {
+        op,
+        lhs: parts[0].device().to_string(),
+        rhs: parts
+            .iter()
+            .map(|p| p.device().to_string())
+            .find(|d| *d != parts[0].device().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+impl BackendStorage for Storage {
+    fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+
+    fn zeros_like(&self, len: usize, dtype: DType) -> Result<Self> {
+        each_backend!(self, |s| s.zeros_like(len, dtype))
+    }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        each_backend!(self, |s| s.to_dtype(dtype))
+    }
+
+    fn unary(&self, op: UnaryOp) -> Result<Self> {
+        each_backend!(self, |s| s.unary(op))
+    }
+
+    fn scale(&self, factor: f32) -> Result<Self> {
+        each_backend!(self, |s| s.scale(factor))
+    }
+
+    fn binary(&self, op: BinaryOp, rhs: &Self, layout: &BroadcastLayout) -> Result<Self> {
+        same_backend!("binary", self, rhs, |a, b| a.binary(op, b, layout), a.binary(op, b, layout))
+    }
+
+    fn reduce(&self, op: ReduceOp, shape: ReduceShape) -> Result<Self> {
+        each_backend!(self, |s| s.reduce(op, shape))
+    }
+
+    fn softmax(&self, rows: usize, cols: usize, log: bool) -> Result<Self> {
+        each_backend!(self, |s| s.softmax(rows, cols, log))
+    }
+
+    fn matmul(&self, rhs: &Self, shape: &MatmulShape) -> Result<Self> {
+        same_backend!("matmul", self, rhs, |a, b| a.matmul(b, shape), a.matmul(b, shape))
+    }
+
+    fn layer_norm(&self, weight: &Self, bias: &Self, rows: usize, cols: usize, eps: f32) -> Result<Self> {
+        match (self, weight, bias) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(b)) => {
+                x.layer_norm(w, b, rows, cols, eps).map(Storage::Cpu)
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(b)) => {
+                x.layer_norm(w, b, rows, cols, eps).map(Storage::Cuda)
+            }
+            _ => Err(mismatch("layer_norm", &[self, weight, bias])),
+        }
+    }
+
+    fn group_norm(&self, weight: &Self, bias: &Self, shape: GroupNormShape) -> Result<Self> {
+        match (self, weight, bias) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(b)) => x.group_norm(w, b, shape).map(Storage::Cpu),
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(b)) => x.group_norm(w, b, shape).map(Storage::Cuda),
+            _ => Err(mismatch("group_norm", &[self, weight, bias])),
+        }
+    }
+
+    fn conv2d(&self, weight: &Self, bias: Option<&Self>, params: &Conv2dParams) -> Result<Self> {
+        match (self, weight, bias) {
+            (Storage::Cpu(x), Storage::Cpu(w), None) => x.conv2d(w, None, params).map(Storage::Cpu),
+            (Storage::Cpu(x), Storage::Cpu(w), Some(Storage::Cpu(b))) => {
+                x.conv2d(w, Some(b), params).map(Storage::Cpu)
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), None) => x.conv2d(w, None, params).map(Storage::Cuda),
+            (Storage::Cuda(x), Storage::Cuda(w), Some(Storage::Cuda(b))) => {
+                x.conv2d(w, Some(b), params).map(Storage::Cuda)
+            }
+            _ => {
+                let mut parts = vec![self, weight];
+                parts.extend(bias);
+                Err(mismatch("conv2d", &parts))
+            }
+        }
+    }
+
+    fn upsample_nearest2x(&self, planes: usize, h: usize, w: usize) -> Result<Self> {
+        each_backend!(self, |s| s.upsample_nearest2x(planes, h, w))
+    }
+
+    fn copy_strided(&self, dims: &[usize], strides: &[usize]) -> Result<Self> {
+        each_backend!(self, |s| s.copy_strided(dims, strides))
+    }
+
+    fn copy2d_into(&self, dst: &mut Self, copy: Copy2d) -> Result<()> {
+        match (self, dst) {
+            (Storage::Cpu(s), Storage::Cpu(d)) => s.copy2d_into(d, copy),
+            (Storage::Cuda(s), Storage::Cuda(d)) => s.copy2d_into(d, copy),
+            (s, d) => Err(Error::DeviceMismatch {
+                op: "copy2d",
+                lhs: s.device().to_string(),
+                rhs: d.device().to_string(),
+            }),
+        }
+    }
+
+    fn embedding(&self, ids: &Self, dim: usize) -> Result<Self> {
+        same_backend!("embedding", self, ids, |t, i| t.embedding(i, dim), t.embedding(i, dim))
+    }
+
+    fn attention(&self, k: &Self, v: &Self, mask: Option<&Self>, params: &AttentionParams) -> Result<Self> {
+        match (self, k, v, mask) {
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v), None) => q.attention(k, v, None, params).map(Storage::Cpu),
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v), Some(Storage::Cpu(m))) => {
+                q.attention(k, v, Some(m), params).map(Storage::Cpu)
+            }
+            (Storage::Cuda(q), Storage::Cuda(k), Storage::Cuda(v), None) => {
+                q.attention(k, v, None, params).map(Storage::Cuda)
+            }
+            (Storage::Cuda(q), Storage::Cuda(k), Storage::Cuda(v), Some(Storage::Cuda(m))) => {
+                q.attention(k, v, Some(m), params).map(Storage::Cuda)
+            }
+            _ => {
+                let mut parts = vec![self, k, v];
+                parts.extend(mask);
+                Err(mismatch("attention", &parts))
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The library's error type: every failure is a value that reads as one line.
+
+use crate::device::DType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op}: shape mismatch: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("{op}: unsupported dtype {dtype}")]
+    DType { op: &'static str, dtype: DType },
+    #[error("{op}: operands are on different devices ({lhs} and {rhs})")]
+    DeviceMismatch {
+        op: &'static str,
+        lhs: String,
+        rhs: String,
+    },
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    #[error("GPU out of memory: {0}")]
+    OutOfMemory(String),
+    #[error("compiling CUDA kernels '{family}' for {arch} failed: {log}")]
+    KernelCompile {
+        family: String,
+        arch: String,
+        log: String,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> Result<T> {
+    Err(Error::Shape {
+        op,
+        detail: detail.into(),
+    })
+}

@@ -1,0 +1,14 @@
+//! foil: a from-scratch GPU compute framework. Hand-written CUDA kernels loaded
+//! through cudarc, a parallel CPU backend that is their reference and fallback,
+//! and tensors whose every op dispatches to one or the other.
+//!
+//! Layers, lowest first (a layer never imports a higher one): `device` (the
+//! backend contract, `cpu`, `cuda`), `tensor` (shapes, dtypes, ops).
+
+pub mod device;
+pub mod error;
+pub mod tensor;
+
+pub use device::{DType, Device};
+pub use error::{Error, Result};
+pub use tensor::{Conv2dOptions, Rng, Shape, Tensor};

@@ -1,0 +1,144 @@
+//! Activations, scaling, and binary arithmetic with NumPy broadcasting.
+
+use super::{Shape, Tensor};
+use crate::device::{BackendStorage, BinaryOp, BroadcastLayout, UnaryOp, MAX_DIMS};
+use crate::error::{shape_err, Result};
+
+/// The broadcast output shape of `a` and `b` and the collapsed layout the
+/// backends iterate: size-1 dimensions dropped, runs that are contiguous in
+/// both operands merged, so most cases become one or two dimensions.
+pub(crate) fn broadcast_layout(op: &'static str, a: &Shape, b: &Shape) -> Result<(Shape, BroadcastLayout)> {
+    let rank = a.rank().max(b.rank());
+    let pad = |s: &Shape| -> (Vec<usize>, Vec<usize>) {
+        let lead = rank - s.rank();
+        let dims = [vec![1; lead], s.dims().to_vec()].concat();
+        let strides = [vec![0; lead], s.strides()].concat();
+        (dims, strides)
+    };
+    let ((da, sa), (db, sb)) = (pad(a), pad(b));
+    let mut out = Vec::with_capacity(rank);
+    let mut layout = BroadcastLayout { dims: vec![], lhs_strides: vec![], rhs_strides: vec![] };
+    for d in 0..rank {
+        let n = match (da[d], db[d]) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return shape_err(op, format!("shapes {a} and {b} do not broadcast")),
+        };
+        out.push(n);
+        if n == 1 {
+            continue;
+        }
+        let (ls, rs) = (if da[d] == 1 { 0 } else { sa[d] }, if db[d] == 1 { 0 } else { sb[d] });
+        let l = &mut layout;
+        let last = l.dims.len().wrapping_sub(1);
+        if !l.dims.is_empty() && l.lhs_strides[last] == ls * n && l.rhs_strides[last] == rs * n {
+            l.dims[last] *= n;
+            l.lhs_strides[last] = ls;
+            l.rhs_strides[last] = rs;
+        } else {
+            l.dims.push(n);
+            l.lhs_strides.push(ls);
+            l.rhs_strides.push(rs);
+        }
+    }
+    if layout.dims.is_empty() {
+        layout = BroadcastLayout { dims: vec![1], lhs_strides: vec![0], rhs_strides: vec![0] };
+    }
+    if layout.dims.len() > MAX_DIMS {
+        return shape_err(op, format!("broadcasting {a} with {b} needs more than {MAX_DIMS} dimensions"));
+    }
+    Ok((Shape::new(out), layout))
+}
+
+impl Tensor {
+    fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        self.check_float("activation")?;
+        Ok(Tensor::from_storage(self.storage.unary(op)?, self.shape.clone()))
+    }
+
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
+    }
+
+    /// GELU, exact (erf) form.
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Gelu)
+    }
+
+    /// GELU, tanh approximation.
+    pub fn gelu_tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::GeluTanh)
+    }
+
+    pub fn quick_gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::QuickGelu)
+    }
+
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+
+    pub fn scale(&self, factor: f32) -> Result<Tensor> {
+        self.check_float("scale")?;
+        Ok(Tensor::from_storage(self.storage.scale(factor)?, self.shape.clone()))
+    }
+
+    fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
+        self.check_float("binary")?;
+        self.check_same("binary", &[rhs])?;
+        let (shape, layout) = broadcast_layout("binary", &self.shape, &rhs.shape)?;
+        Ok(Tensor::from_storage(self.storage.binary(op, &rhs.storage, &layout)?, shape))
+    }
+
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Add, rhs)
+    }
+
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Sub, rhs)
+    }
+
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Mul, rhs)
+    }
+
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Div, rhs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(a: &[usize], b: &[usize]) -> (Vec<usize>, BroadcastLayout) {
+        let (s, l) = broadcast_layout("test", &Shape::from(a), &Shape::from(b)).unwrap();
+        (s.dims().to_vec(), l)
+    }
+
+    #[test]
+    fn same_shapes_collapse_to_one_dimension() {
+        let (s, l) = layout(&[2, 3, 4], &[2, 3, 4]);
+        assert_eq!(s, vec![2, 3, 4]);
+        assert_eq!((l.dims, l.lhs_strides, l.rhs_strides), (vec![24], vec![1], vec![1]));
+    }
+
+    #[test]
+    fn bias_over_leading_dimensions() {
+        let (s, l) = layout(&[5, 7, 3], &[3]);
+        assert_eq!(s, vec![5, 7, 3]);
+        assert_eq!((l.dims, l.lhs_strides, l.rhs_strides), (vec![35, 3], vec![3, 1], vec![0, 1]));
+    }
+
+    #[test]
+    fn channel_bias_in_nchw() {
+        let (_, l) = layout(&[2, 4, 3, 3], &[4, 1, 1]);
+        assert_eq!((l.dims, l.lhs_strides, l.rhs_strides), (vec![2, 4, 9], vec![36, 9, 1], vec![0, 1, 0]));
+    }
+
+    #[test]
+    fn incompatible_shapes_are_an_error() {
+        assert!(broadcast_layout("t", &Shape::from([2, 3]), &Shape::from([4])).is_err());
+    }
+}
