@@ -24,6 +24,9 @@ pub enum Error {
         arch: String,
         log: String,
     },
+    /// A request that makes no sense, e.g. an unknown device name.
+    #[error("{0}")]
+    Usage(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

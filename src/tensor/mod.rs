@@ -104,10 +104,6 @@ impl Tensor {
         self.storage.device()
     }
 
-    pub(crate) fn storage(&self) -> &Storage {
-        &self.storage
-    }
-
     /// The values on the host, in the tensor's dtype.
     pub fn to_host(&self) -> Result<HostData> {
         self.storage.to_host()

@@ -23,6 +23,15 @@ use crate::error::{Error, Result};
 
 /// Below this many elements an elementwise op runs on one thread: rayon's
 /// fork-join costs more than it saves.
+/// The vector instructions the hot loops (gemm, conv) use on this CPU.
+pub fn simd_description() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return "AVX2 + FMA";
+    }
+    "portable (no AVX2/FMA kernels on this CPU)"
+}
+
 pub(crate) const PAR_MIN: usize = 1 << 14;
 
 #[derive(Clone, Debug, PartialEq)]

@@ -40,8 +40,9 @@ pub(crate) fn group_norm(x: &[f32], w: &[f32], b: &[f32], s: GroupNormShape) -> 
         let g = ng % s.groups;
         for (ci, (oc, xc)) in o.chunks_mut(s.spatial).zip(xb.chunks(s.spatial)).enumerate() {
             let c = g * cpg + ci;
-            let (scale, shift) = (rstd * w[c], b[c] - mean * rstd * w[c]);
-            oc.iter_mut().zip(xc).for_each(|(o, &v)| *o = v * scale + shift);
+            // (v - mean) first: folding mean into a shift cancels badly when var ≪ eps.
+            let (scale, shift) = (rstd * w[c], b[c]);
+            oc.iter_mut().zip(xc).for_each(|(o, &v)| *o = (v - mean) * scale + shift);
         }
     });
     out

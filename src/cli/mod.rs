@@ -1,0 +1,71 @@
+//! The cli layer: argument parsing and the subcommands. Errors from the layers
+//! below arrive as values and are printed as one line.
+
+mod info;
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
+
+use foil::{Device, Error, Result};
+
+#[derive(Parser)]
+#[command(name = "foil", version, about = "GPU compute framework and counterfactual probe-then-reinforce tool")]
+struct Cli {
+    /// Where to run: auto (the first GPU when one is usable, else the CPU), cpu, or cuda[:N].
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the version, the backend chosen, and the GPU and its kernels when there is one.
+    Info,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's own message spans several lines (tips, usage); keep its first.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("foil: error: {first} (see `foil --help`)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("foil: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let (device, fallback) = select_device(&cli.device)?;
+    match cli.command {
+        Command::Info => info::run(&device, fallback.as_deref()),
+    }
+}
+
+/// The device named by `--device`, and for `auto` on the CPU the reason there is no GPU.
+fn select_device(spec: &str) -> Result<(Device, Option<String>)> {
+    match spec {
+        "auto" => Ok(Device::best()),
+        "cpu" => Ok((Device::Cpu, None)),
+        "cuda" => Ok((Device::cuda(0)?, None)),
+        _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(ordinal)) => Ok((Device::cuda(ordinal)?, None)),
+            _ => Err(Error::Usage(format!("unknown device '{spec}' (expected auto, cpu, cuda or cuda:N)"))),
+        },
+    }
+}

@@ -1,0 +1,54 @@
+//! Helpers shared by the op tests: a fresh seed per run (printed, and
+//! reproducible with FOIL_TEST_SEED), random data and the relative error.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use foil::Rng;
+
+/// A generator for the test `name`: from FOIL_TEST_SEED when set, else from the
+/// clock, so every run sees fresh inputs. The seed is printed, and shown when a
+/// test fails.
+pub fn rng(name: &str) -> Rng {
+    let base = std::env::var("FOIL_TEST_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    eprintln!("{name}: FOIL_TEST_SEED={base}");
+    let salt = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    Rng::new(base ^ salt)
+}
+
+pub fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+
+/// max |got − want| / max |want| (floored at 1e-6); infinities must match exactly.
+pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let scale = want.iter().filter(|w| w.is_finite()).fold(0f64, |m, w| m.max(w.abs())).max(1e-6);
+    let mut worst = 0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w.is_infinite() || g.is_infinite() {
+            assert_eq!(g as f64, w, "element {i}: got {g}, want {w}");
+            continue;
+        }
+        assert!(g.is_finite(), "element {i}: got {g}, want {w}");
+        worst = worst.max((g as f64 - w).abs());
+    }
+    worst / scale
+}
+
+/// Asserts `rel_err(got, want) <= tol`, naming the case.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    let e = rel_err(got, want);
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
+}
+
+/// Row-major strides of `dims`.
+pub fn strides(dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; dims.len()];
+    for d in (0..dims.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * dims[d + 1];
+    }
+    s
+}
