@@ -11,16 +11,13 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 pub(crate) fn activation(op: UnaryOp, x: f32) -> f32 {
     match op {
         UnaryOp::Silu => x / (1.0 + (-x).exp()),
-        UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-        UnaryOp::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()),
+        // In f64: 1 + erf cancels for negative x, which f32 would turn into noise.
+        UnaryOp::Gelu => (0.5 * x as f64 * (1.0 + erf_f64(x as f64 * std::f64::consts::FRAC_1_SQRT_2))) as f32,
+        // 0.5·(1 + tanh(u)) = sigmoid(2u): the same value without the cancellation for negative x.
+        UnaryOp::GeluTanh => x / (1.0 + (-2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).exp()),
         UnaryOp::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
         UnaryOp::Relu => x.max(0.0),
     }
-}
-
-/// erf in f32, evaluated in f64 so the reference is exact to f32 precision.
-pub(crate) fn erf(x: f32) -> f32 {
-    erf_f64(x as f64) as f32
 }
 
 /// erf to about 1e-13: the Maclaurin series below |x| = 3 (its largest term is

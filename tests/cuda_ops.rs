@@ -1,0 +1,297 @@
+//! Every CUDA op against the CPU op, in f32, f16 and bf16, on fresh random
+//! inputs at several shapes (odd sizes and size 1 included), with the
+//! tolerances of kernels/README.md. Inputs are rounded to the dtype first, so
+//! both backends see the same values. Without a usable GPU each test prints one
+//! line saying it was skipped, and why.
+
+mod common;
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+use common::{randn, rng};
+use foil::{Conv2dOptions, DType, Device, Rng, Tensor};
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+#[derive(Clone, Copy)]
+enum Class {
+    Elementwise,
+    Reduction,
+    Contraction,
+}
+
+/// kernels/README.md, "Tolerances".
+fn tolerance(dtype: DType, class: Class) -> f64 {
+    let row = match dtype {
+        DType::F32 => [1e-6, 1e-5, 1e-4],
+        DType::F16 => [1e-3, 2e-3, 5e-3],
+        DType::BF16 => [8e-3, 1.6e-2, 3e-2],
+        DType::U32 => [0.0; 3],
+    };
+    row[class as usize]
+}
+
+/// The GPU, or None after printing why this test is skipped. The skip line goes
+/// straight to stderr, past the test harness's capture, so it is always seen.
+fn gpu(test: &str) -> Option<Device> {
+    static GPU: OnceLock<Result<Device, String>> = OnceLock::new();
+    match GPU.get_or_init(|| Device::cuda(0).map_err(|e| e.to_string())) {
+        Ok(d) => Some(d.clone()),
+        Err(reason) => {
+            // One write of the whole line, so parallel tests do not interleave inside it.
+            let line = format!("SKIPPED cuda_ops::{test}: no GPU ({reason})\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            None
+        }
+    }
+}
+
+/// `data` rounded to `dtype`, as a CPU f32 tensor and a GPU tensor of `dtype`.
+fn upload(data: Vec<f32>, dims: &[usize], dtype: DType, gpu: &Device) -> (Tensor, Tensor) {
+    let rounded = Tensor::from_f32(data, dims.to_vec(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+    (rounded.to_dtype(DType::F32).unwrap(), rounded.to_device(gpu).unwrap())
+}
+
+/// Random normal data of `dims` times `scale`, as `upload` gives it.
+fn pair(r: &mut Rng, dims: &[usize], dtype: DType, gpu: &Device, scale: f32) -> (Tensor, Tensor) {
+    let data = randn(r, dims.iter().product()).iter().map(|v| v * scale).collect();
+    upload(data, dims, dtype, gpu)
+}
+
+fn check(what: &str, cpu: &Tensor, gpu: &Tensor, dtype: DType, class: Class) {
+    assert_eq!(cpu.dims(), gpu.dims(), "{what}: shapes differ");
+    assert_eq!(gpu.dtype(), dtype, "{what}: dtype");
+    let want: Vec<f64> = cpu.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
+    common::assert_close(&format!("{what} {dtype:?}"), &gpu.to_vec_f32().unwrap(), &want, tolerance(dtype, class));
+}
+
+#[test]
+fn activations() {
+    let Some(dev) = gpu("activations") else { return };
+    let mut r = rng("cuda activations");
+    let ops: [(&str, fn(&Tensor) -> foil::Result<Tensor>); 5] = [
+        ("silu", Tensor::silu),
+        ("gelu", Tensor::gelu),
+        ("gelu_tanh", Tensor::gelu_tanh),
+        ("quick_gelu", Tensor::quick_gelu),
+        ("relu", Tensor::relu),
+    ];
+    for dtype in DTYPES {
+        for dims in [vec![1], vec![7], vec![3, 5, 17], vec![1 << 20 | 3]] {
+            let (c, g) = pair(&mut r, &dims, dtype, &dev, 3.0);
+            for (name, op) in ops {
+                check(&format!("{name} {dims:?}"), &op(&c).unwrap(), &op(&g).unwrap(), dtype, Class::Elementwise);
+            }
+            check(&format!("scale {dims:?}"), &c.scale(0.37).unwrap(), &g.scale(0.37).unwrap(), dtype, Class::Elementwise);
+        }
+    }
+}
+
+#[test]
+fn binary_broadcast() {
+    let Some(dev) = gpu("binary_broadcast") else { return };
+    let mut r = rng("cuda binary_broadcast");
+    let shapes: [(&[usize], &[usize]); 6] =
+        [(&[1], &[1]), (&[1001], &[1001]), (&[2, 3, 5], &[5]), (&[2, 3, 5], &[3, 1]), (&[4, 1, 7], &[1, 6, 1]), (&[2, 320, 9, 9], &[1, 320, 1, 1])];
+    for dtype in DTYPES {
+        for (da, db) in shapes {
+            let (ca, ga) = pair(&mut r, da, dtype, &dev, 1.0);
+            let (cb, gb) = pair(&mut r, db, dtype, &dev, 1.0);
+            // Divisors 1 + b² keep division well conditioned.
+            let divisor = randn(&mut r, db.iter().product()).iter().map(|v| 1.0 + v * v).collect();
+            let (cdiv, gdiv) = upload(divisor, db, dtype, &dev);
+            let what = format!("{da:?} {db:?}");
+            check(&format!("add {what}"), &ca.add(&cb).unwrap(), &ga.add(&gb).unwrap(), dtype, Class::Elementwise);
+            check(&format!("sub {what}"), &ca.sub(&cb).unwrap(), &ga.sub(&gb).unwrap(), dtype, Class::Elementwise);
+            check(&format!("mul {what}"), &ca.mul(&cb).unwrap(), &ga.mul(&gb).unwrap(), dtype, Class::Elementwise);
+            check(&format!("div {what}"), &ca.div(&cdiv).unwrap(), &ga.div(&gdiv).unwrap(), dtype, Class::Elementwise);
+        }
+    }
+}
+
+#[test]
+fn casts() {
+    let Some(dev) = gpu("casts") else { return };
+    let mut r = rng("cuda casts");
+    let x: Vec<f32> = randn(&mut r, 4097).iter().map(|v| v * 300.0).collect();
+    let cpu = Tensor::from_f32(x, [17, 241], &Device::Cpu).unwrap();
+    let on_gpu = cpu.to_device(&dev).unwrap();
+    for from in [DType::F32, DType::F16, DType::BF16, DType::U32] {
+        for to in [DType::F32, DType::F16, DType::BF16, DType::U32] {
+            let want = cpu.to_dtype(from).unwrap().to_dtype(to).unwrap().to_host().unwrap();
+            let got = on_gpu.to_dtype(from).unwrap().to_dtype(to).unwrap().to_host().unwrap();
+            assert_eq!(got, want, "cast {from:?} -> {to:?} differs from the CPU's rounding");
+        }
+    }
+    let specials = vec![-3.7f32, -0.0, 0.9, 7.99, 4e9, 5e9, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+    let n = specials.len();
+    let want: Vec<u32> = specials.iter().map(|&v| v as u32).collect();
+    let got = Tensor::from_f32(specials, [n], &dev).unwrap().to_dtype(DType::U32).unwrap().to_vec_u32().unwrap();
+    assert_eq!(got, want, "f32 -> u32 saturates like Rust `as`");
+}
+
+#[test]
+fn reductions_and_softmax() {
+    let Some(dev) = gpu("reductions_and_softmax") else { return };
+    let mut r = rng("cuda reductions_and_softmax");
+    for dtype in DTYPES {
+        for dims in [vec![1], vec![9], vec![3, 5, 7], vec![2, 1, 33], vec![4, 4097], vec![64, 77, 3]] {
+            let (c, g) = pair(&mut r, &dims, dtype, &dev, 2.0);
+            for axis in 0..dims.len() as isize {
+                let what = |op: &str| format!("{op} axis {axis} of {dims:?}");
+                check(&what("sum"), &c.sum(axis, true).unwrap(), &g.sum(axis, true).unwrap(), dtype, Class::Reduction);
+                check(&what("mean"), &c.mean(axis, false).unwrap(), &g.mean(axis, false).unwrap(), dtype, Class::Reduction);
+                check(&what("max"), &c.max(axis, false).unwrap(), &g.max(axis, false).unwrap(), dtype, Class::Elementwise);
+                let (ca, ga) = (c.argmax(axis, false).unwrap(), g.argmax(axis, false).unwrap());
+                assert_eq!(ca.to_vec_u32().unwrap(), ga.to_vec_u32().unwrap(), "{} {dtype:?}", what("argmax"));
+                check(&what("softmax"), &c.softmax(axis).unwrap(), &g.softmax(axis).unwrap(), dtype, Class::Reduction);
+                let (cl, gl) = (c.log_softmax(axis).unwrap(), g.log_softmax(axis).unwrap());
+                check(&what("log_softmax"), &cl, &gl, dtype, Class::Reduction);
+            }
+        }
+        let ninf = f32::NEG_INFINITY;
+        let (c, g) = upload(vec![ninf, ninf, ninf, 0.0, ninf, 1.0], &[2, 3], dtype, &dev);
+        check("softmax of -inf rows", &c.softmax(-1).unwrap(), &g.softmax(-1).unwrap(), dtype, Class::Reduction);
+        check("log_softmax of -inf rows", &c.log_softmax(-1).unwrap(), &g.log_softmax(-1).unwrap(), dtype, Class::Reduction);
+    }
+}
+
+#[test]
+fn matmul() {
+    let Some(dev) = gpu("matmul") else { return };
+    let mut r = rng("cuda matmul");
+    let shapes = [(1, 1, 1, 1), (1, 1, 17, 3), (3, 5, 1, 9), (2, 33, 65, 17), (1, 130, 70, 259), (2, 128, 192, 320), (1, 77, 768, 768)];
+    for dtype in DTYPES {
+        for (batch, m, n, k) in shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let ad = if ta { [batch, k, m] } else { [batch, m, k] };
+                let bd = if tb { [batch, n, k] } else { [batch, k, n] };
+                let (ca, ga) = pair(&mut r, &ad, dtype, &dev, 1.0);
+                let (cb, gb) = pair(&mut r, &bd, dtype, &dev, 1.0);
+                let what = format!("matmul b{batch} {m}x{n}x{k} ta={ta} tb={tb}");
+                check(&what, &ca.matmul_t(&cb, ta, tb).unwrap(), &ga.matmul_t(&gb, ta, tb).unwrap(), dtype, Class::Contraction);
+            }
+        }
+        let (cx, gx) = pair(&mut r, &[3, 7, 40], dtype, &dev, 1.0);
+        let (cw, gw) = pair(&mut r, &[24, 40], dtype, &dev, 1.0);
+        let (c, g) = (cx.matmul_t(&cw, false, true).unwrap(), gx.matmul_t(&gw, false, true).unwrap());
+        check("matmul shared weight", &c, &g, dtype, Class::Contraction);
+    }
+}
+
+#[test]
+fn layer_norm_and_group_norm() {
+    let Some(dev) = gpu("layer_norm_and_group_norm") else { return };
+    let mut r = rng("cuda layer_norm_and_group_norm");
+    for dtype in DTYPES {
+        for (rows, cols) in [(1, 1), (1, 7), (5, 768), (3, 1025), (77, 320)] {
+            let (cx, gx) = pair(&mut r, &[rows, cols], dtype, &dev, 2.0);
+            let (cw, gw) = pair(&mut r, &[cols], dtype, &dev, 1.0);
+            let (cb, gb) = pair(&mut r, &[cols], dtype, &dev, 1.0);
+            let (c, g) = (cx.layer_norm(&cw, &cb, 1e-5).unwrap(), gx.layer_norm(&gw, &gb, 1e-5).unwrap());
+            check(&format!("layer_norm {rows}x{cols}"), &c, &g, dtype, Class::Reduction);
+        }
+        for (dims, groups) in [(vec![1, 1, 1, 1], 1), (vec![2, 6, 5, 3], 3), (vec![1, 64, 9, 9], 32), (vec![3, 4, 7], 4), (vec![1, 320, 64, 64], 32)] {
+            let c_ = dims[1];
+            let (cx, gx) = pair(&mut r, &dims, dtype, &dev, 3.0);
+            let (cw, gw) = pair(&mut r, &[c_], dtype, &dev, 1.0);
+            let (cb, gb) = pair(&mut r, &[c_], dtype, &dev, 1.0);
+            let (c, g) = (cx.group_norm(groups, &cw, &cb, 1e-6).unwrap(), gx.group_norm(groups, &gw, &gb, 1e-6).unwrap());
+            check(&format!("group_norm {dims:?} g{groups}"), &c, &g, dtype, Class::Reduction);
+        }
+    }
+}
+
+#[test]
+fn conv2d() {
+    let Some(dev) = gpu("conv2d") else { return };
+    let mut r = rng("cuda conv2d");
+    let opt = |s, p, d, g| Conv2dOptions { stride: (s, s), padding: (p, p), dilation: (d, d), groups: g };
+    let cases = [
+        ([1, 1, 1, 1], [1, 1, 1, 1], opt(1, 0, 1, 1), true),
+        ([2, 3, 9, 7], [5, 3, 3, 3], opt(1, 1, 1, 1), true),
+        ([1, 4, 10, 11], [6, 4, 3, 3], opt(2, 1, 1, 1), false),
+        ([1, 3, 12, 12], [4, 3, 3, 3], opt(1, 2, 2, 1), true),
+        ([3, 4, 6, 5], [6, 2, 3, 3], opt(1, 1, 1, 2), true),
+        ([1, 8, 7, 9], [8, 1, 3, 3], opt(1, 1, 1, 8), false),
+        ([2, 16, 5, 5], [7, 16, 1, 1], opt(1, 0, 1, 1), true),
+        ([1, 64, 32, 32], [64, 64, 3, 3], opt(1, 1, 1, 1), true),
+        ([1, 3, 31, 33], [64, 3, 7, 7], opt(2, 3, 1, 1), false),
+        ([1, 2, 8, 8], [3, 2, 4, 2], Conv2dOptions { stride: (2, 3), padding: (1, 0), dilation: (1, 2), groups: 1 }, true),
+    ];
+    for dtype in DTYPES {
+        for (xd, wd, o, with_bias) in cases {
+            let (cx, gx) = pair(&mut r, &xd, dtype, &dev, 1.0);
+            let (cw, gw) = pair(&mut r, &wd, dtype, &dev, 1.0);
+            let (cb, gb) = pair(&mut r, &[wd[0]], dtype, &dev, 1.0);
+            let (cbias, gbias) = if with_bias { (Some(&cb), Some(&gb)) } else { (None, None) };
+            let (c, g) = (cx.conv2d(&cw, cbias, o).unwrap(), gx.conv2d(&gw, gbias, o).unwrap());
+            check(&format!("conv2d {xd:?} {wd:?} {o:?}"), &c, &g, dtype, Class::Contraction);
+        }
+    }
+}
+
+#[test]
+fn layout_ops() {
+    let Some(dev) = gpu("layout_ops") else { return };
+    let mut r = rng("cuda layout_ops");
+    for dtype in DTYPES {
+        let (c, g) = pair(&mut r, &[2, 3, 5, 7], dtype, &dev, 1.0);
+        check("upsample", &c.upsample_nearest2x().unwrap(), &g.upsample_nearest2x().unwrap(), dtype, Class::Elementwise);
+        check("permute", &c.permute(&[0, 2, 3, 1]).unwrap(), &g.permute(&[0, 2, 3, 1]).unwrap(), dtype, Class::Elementwise);
+        check("transpose", &c.transpose(1, 3).unwrap(), &g.transpose(1, 3).unwrap(), dtype, Class::Elementwise);
+        let (c2, g2) = pair(&mut r, &[2, 4, 5, 7], dtype, &dev, 1.0);
+        let (cc, gc) = (Tensor::cat(&[&c, &c2], 1).unwrap(), Tensor::cat(&[&g, &g2], 1).unwrap());
+        check("cat", &cc, &gc, dtype, Class::Elementwise);
+        for (cs, gs) in cc.split(&[1, 5, 1], 1).unwrap().iter().zip(gc.split(&[1, 5, 1], 1).unwrap().iter()) {
+            check("split", cs, gs, dtype, Class::Elementwise);
+        }
+        let (ct, gt) = pair(&mut r, &[49, 13], dtype, &dev, 1.0);
+        let ids: Vec<u32> = (0..77).map(|_| r.below(49)).collect();
+        let (ci, gi) = (Tensor::from_u32(ids.clone(), [7, 11], &Device::Cpu).unwrap(), Tensor::from_u32(ids, [7, 11], &dev).unwrap());
+        check("embedding", &ct.embedding(&ci).unwrap(), &gt.embedding(&gi).unwrap(), dtype, Class::Elementwise);
+    }
+}
+
+#[test]
+fn attention() {
+    let Some(dev) = gpu("attention") else { return };
+    let mut r = rng("cuda attention");
+    let cases = [
+        (1, 1, 1, 1, 1, false, false),
+        (2, 3, 7, 7, 8, true, false),
+        (1, 2, 5, 77, 40, false, true),
+        (2, 1, 130, 33, 64, false, false),
+        (1, 2, 65, 65, 80, true, true),
+        (1, 8, 256, 77, 160, false, false),
+        (1, 4, 300, 300, 256, true, false),
+        (2, 8, 1024, 1024, 40, false, false),
+    ];
+    for dtype in DTYPES {
+        for (b, h, lq, lk, d, causal, padded) in cases {
+            let (cq, gq) = pair(&mut r, &[b, h, lq, d], dtype, &dev, 1.0);
+            let (ck, gk) = pair(&mut r, &[b, h, lk, d], dtype, &dev, 1.0);
+            let (cv, gv) = pair(&mut r, &[b, h, lk, d], dtype, &dev, 1.0);
+            // The second image has every key padded: its rows must come out as zeros.
+            let lengths: Vec<usize> = (0..b).map(|i| if i == 0 { lk - lk / 3 } else { 0 }).collect();
+            let cm = padded.then(|| Tensor::padding_mask(&lengths, lk, &Device::Cpu).unwrap());
+            let gm = cm.as_ref().map(|m| m.to_device(&dev).unwrap());
+            let c = cq.attention(&ck, &cv, cm.as_ref(), causal, None).unwrap();
+            let g = gq.attention(&gk, &gv, gm.as_ref(), causal, None).unwrap();
+            let what = format!("attention b{b} h{h} q{lq} kv{lk} d{d} causal={causal} padded={padded}");
+            check(&what, &c, &g, dtype, Class::Contraction);
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_on_the_gpu_too() {
+    let Some(dev) = gpu("bad_input_is_an_error_on_the_gpu_too") else { return };
+    let a = Tensor::from_f32(vec![1.0; 6], [2, 3], &dev).unwrap();
+    let b = Tensor::from_f32(vec![1.0; 4], [4], &dev).unwrap();
+    assert!(a.add(&b).is_err());
+    assert!(a.matmul(&a).is_err());
+    let cpu = Tensor::from_f32(vec![1.0; 6], [2, 3], &Device::Cpu).unwrap();
+    assert!(a.add(&cpu).is_err(), "operands on different devices");
+}
