@@ -9,21 +9,13 @@ pub enum Error {
     #[error("{op}: unsupported dtype {dtype}")]
     DType { op: &'static str, dtype: DType },
     #[error("{op}: operands are on different devices ({lhs} and {rhs})")]
-    DeviceMismatch {
-        op: &'static str,
-        lhs: String,
-        rhs: String,
-    },
+    DeviceMismatch { op: &'static str, lhs: String, rhs: String },
     #[error("CUDA: {0}")]
     Cuda(String),
     #[error("GPU out of memory: {0}")]
     OutOfMemory(String),
     #[error("compiling CUDA kernels '{family}' for {arch} failed: {log}")]
-    KernelCompile {
-        family: String,
-        arch: String,
-        log: String,
-    },
+    KernelCompile { family: String, arch: String, log: String },
     /// A request that makes no sense, e.g. an unknown device name.
     #[error("{0}")]
     Usage(String),
@@ -34,8 +26,5 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub(crate) fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> Result<T> {
-    Err(Error::Shape {
-        op,
-        detail: detail.into(),
-    })
+    Err(Error::Shape { op, detail: detail.into() })
 }

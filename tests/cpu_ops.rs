@@ -165,7 +165,12 @@ fn reductions_over_every_axis() {
             let s = xt.sum(axis as isize, true).unwrap();
             assert_eq!(s.dims(), &kept[..]);
             assert_close(&what("sum"), &s.to_vec_f32().unwrap(), &sum, TOL_REDUCE);
-            assert_close(&what("mean"), &xt.mean(axis as isize, false).unwrap().to_vec_f32().unwrap(), &mean, TOL_REDUCE);
+            assert_close(
+                &what("mean"),
+                &xt.mean(axis as isize, false).unwrap().to_vec_f32().unwrap(),
+                &mean,
+                TOL_REDUCE,
+            );
             assert_close(&what("max"), &xt.max(axis as isize, false).unwrap().to_vec_f32().unwrap(), &max, 0.0);
             let a = xt.argmax(axis as isize, false).unwrap();
             assert_eq!(a.dtype(), DType::U32);
@@ -183,7 +188,8 @@ fn softmax_and_log_softmax() {
         let n: usize = dims.iter().product();
         let x: Vec<f32> = randn(&mut r, n).iter().map(|v| v * 4.0).collect();
         let a = if axis < 0 { dims.len() - 1 } else { axis as usize };
-        let (outer, len, inner) = (dims[..a].iter().product::<usize>(), dims[a], dims[a + 1..].iter().product::<usize>());
+        let (outer, len, inner) =
+            (dims[..a].iter().product::<usize>(), dims[a], dims[a + 1..].iter().product::<usize>());
         let (mut soft, mut logs) = (vec![0f64; n], vec![0f64; n]);
         for o in 0..outer {
             for i in 0..inner {
@@ -207,10 +213,20 @@ fn softmax_and_log_softmax() {
     }
     let ninf = f32::NEG_INFINITY;
     let masked = t(&[ninf, ninf, ninf, 0.0, ninf, 0.0], &[2, 3]);
-    assert_close("softmax of -inf rows", &masked.softmax(-1).unwrap().to_vec_f32().unwrap(), &[0.0, 0.0, 0.0, 0.5, 0.0, 0.5], 0.0);
+    assert_close(
+        "softmax of -inf rows",
+        &masked.softmax(-1).unwrap().to_vec_f32().unwrap(),
+        &[0.0, 0.0, 0.0, 0.5, 0.0, 0.5],
+        0.0,
+    );
     let ln2 = -std::f64::consts::LN_2;
     let l = masked.log_softmax(-1).unwrap().to_vec_f32().unwrap();
-    assert_close("log_softmax of -inf rows", &l, &[f64::NEG_INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY, ln2, f64::NEG_INFINITY, ln2], TOL_REDUCE);
+    assert_close(
+        "log_softmax of -inf rows",
+        &l,
+        &[f64::NEG_INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY, ln2, f64::NEG_INFINITY, ln2],
+        TOL_REDUCE,
+    );
 }
 
 /// (m, k) · (k, n) in f64 with optional transposes of the stored operands.
@@ -233,11 +249,14 @@ fn matmul64(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, ta: bool, tb: bo
 #[test]
 fn matmul_batched_and_transposed() {
     let mut r = rng("matmul_batched_and_transposed");
-    for (batch, m, n, k) in [(1, 1, 1, 1), (1, 1, 17, 3), (3, 5, 1, 9), (2, 33, 65, 17), (1, 130, 70, 259), (4, 64, 64, 64)] {
+    for (batch, m, n, k) in
+        [(1, 1, 1, 1), (1, 1, 17, 3), (3, 5, 1, 9), (2, 33, 65, 17), (1, 130, 70, 259), (4, 64, 64, 64)]
+    {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let a = randn(&mut r, batch * m * k);
             let b = randn(&mut r, batch * k * n);
-            let (ad, bd) = (if ta { [batch, k, m] } else { [batch, m, k] }, if tb { [batch, n, k] } else { [batch, k, n] });
+            let (ad, bd) =
+                (if ta { [batch, k, m] } else { [batch, m, k] }, if tb { [batch, n, k] } else { [batch, k, n] });
             let got = t(&a, &ad).matmul_t(&t(&b, &bd), ta, tb).unwrap();
             assert_eq!(got.dims(), &[batch, m, n]);
             let want: Vec<f64> = (0..batch)
@@ -273,7 +292,9 @@ fn layer_norm_and_group_norm() {
         let got = t(&x, &[rows, cols]).layer_norm(&t(&w, &[cols]), &t(&b, &[cols]), 1e-5).unwrap();
         assert_close(&format!("layer_norm {rows}x{cols}"), &got.to_vec_f32().unwrap(), &want, TOL_REDUCE);
     }
-    for (n, c, hw, groups) in [(1, 1, vec![1, 1], 1), (2, 6, vec![5, 3], 3), (1, 64, vec![9, 9], 32), (3, 4, vec![7], 4)] {
+    for (n, c, hw, groups) in
+        [(1, 1, vec![1, 1], 1), (2, 6, vec![5, 3], 3), (1, 64, vec![9, 9], 32), (3, 4, vec![7], 4)]
+    {
         let spatial: usize = hw.iter().product();
         let x: Vec<f32> = randn(&mut r, n * c * spatial).iter().map(|v| v * 3.0 - 1.0).collect();
         let (w, b) = (randn(&mut r, c), randn(&mut r, c));
@@ -295,7 +316,14 @@ fn layer_norm_and_group_norm() {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv64(x: &[f32], w: &[f32], bias: Option<&[f32]>, xd: [usize; 4], wd: [usize; 4], o: Conv2dOptions) -> (Vec<f64>, [usize; 4]) {
+fn conv64(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    xd: [usize; 4],
+    wd: [usize; 4],
+    o: Conv2dOptions,
+) -> (Vec<f64>, [usize; 4]) {
     let [n, c_in, h, wi] = xd;
     let [c_out, cig, kh, kw] = wd;
     let ho = (h + 2 * o.padding.0 - o.dilation.0 * (kh - 1) - 1) / o.stride.0 + 1;
@@ -342,7 +370,12 @@ fn conv2d_strides_padding_dilation_groups() {
         ([1, 8, 7, 9], [8, 1, 3, 3], opt(1, 1, 1, 8), false),
         ([2, 16, 5, 5], [7, 16, 1, 1], opt(1, 0, 1, 1), true),
         ([1, 3, 4, 4], [2, 3, 5, 5], opt(1, 1, 1, 1), true),
-        ([1, 2, 8, 8], [3, 2, 4, 2], Conv2dOptions { stride: (2, 3), padding: (1, 0), dilation: (1, 2), groups: 1 }, true),
+        (
+            [1, 2, 8, 8],
+            [3, 2, 4, 2],
+            Conv2dOptions { stride: (2, 3), padding: (1, 0), dilation: (1, 2), groups: 1 },
+            true,
+        ),
     ];
     for (xd, wd, o, with_bias) in cases {
         let x = randn(&mut r, xd.iter().product());
@@ -363,13 +396,15 @@ fn upsample_cat_split_permute_embedding() {
     let x = randn(&mut r, 2 * 3 * 5);
     let up = t(&x, &[2, 3, 5]).upsample_nearest2x().unwrap();
     assert_eq!(up.dims(), &[2, 6, 10]);
-    let want: Vec<f64> = (0..2 * 6 * 10).map(|i| x[(i / 60) * 15 + (i % 60 / 10 / 2) * 5 + (i % 10) / 2] as f64).collect();
+    let want: Vec<f64> =
+        (0..2 * 6 * 10).map(|i| x[(i / 60) * 15 + (i % 60 / 10 / 2) * 5 + (i % 10) / 2] as f64).collect();
     assert_close("upsample", &up.to_vec_f32().unwrap(), &want, 0.0);
 
     let (a, b) = (randn(&mut r, 2 * 3 * 4), randn(&mut r, 2 * 5 * 4));
     let cat = Tensor::cat(&[&t(&a, &[2, 3, 4]), &t(&b, &[2, 5, 4])], 1).unwrap();
     assert_eq!(cat.dims(), &[2, 8, 4]);
-    let want: Vec<f64> = (0..2).flat_map(|n| [&a[n * 12..][..12], &b[n * 20..][..20]].concat()).map(|v| v as f64).collect();
+    let want: Vec<f64> =
+        (0..2).flat_map(|n| [&a[n * 12..][..12], &b[n * 20..][..20]].concat()).map(|v| v as f64).collect();
     assert_close("cat", &cat.to_vec_f32().unwrap(), &want, 0.0);
     let parts = cat.split(&[3, 5], 1).unwrap();
     assert_close("split 0", &parts[0].to_vec_f32().unwrap(), &f64s(&a), 0.0);
@@ -398,7 +433,18 @@ fn upsample_cat_split_permute_embedding() {
 
 /// softmax(q·kᵀ·scale + mask)·v in f64; a row with every key masked gives zeros.
 #[allow(clippy::too_many_arguments)]
-fn attention64(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, b: usize, h: usize, lq: usize, lk: usize, d: usize, causal: bool) -> Vec<f64> {
+fn attention64(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    b: usize,
+    h: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    causal: bool,
+) -> Vec<f64> {
     let scale = 1.0 / (d as f64).sqrt();
     let mut o = vec![0f64; b * h * lq * d];
     for bh in 0..b * h {
@@ -410,7 +456,8 @@ fn attention64(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, b: usize, 
                     if masked || add == f64::NEG_INFINITY {
                         return f64::NEG_INFINITY;
                     }
-                    let dot: f64 = (0..d).map(|c| q[(bh * lq + i) * d + c] as f64 * k[(bh * lk + j) * d + c] as f64).sum();
+                    let dot: f64 =
+                        (0..d).map(|c| q[(bh * lq + i) * d + c] as f64 * k[(bh * lk + j) * d + c] as f64).sum();
                     dot * scale + add
                 })
                 .collect();
@@ -420,7 +467,8 @@ fn attention64(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, b: usize, 
             }
             let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
             for c in 0..d {
-                o[(bh * lq + i) * d + c] = (0..lk).map(|j| (s[j] - m).exp() / z * v[(bh * lk + j) * d + c] as f64).sum();
+                o[(bh * lq + i) * d + c] =
+                    (0..lk).map(|j| (s[j] - m).exp() / z * v[(bh * lk + j) * d + c] as f64).sum();
             }
         }
     }

@@ -66,11 +66,13 @@ fn check(what: &str, cpu: &Tensor, gpu: &Tensor, dtype: DType, class: Class) {
     common::assert_close(&format!("{what} {dtype:?}"), &gpu.to_vec_f32().unwrap(), &want, tolerance(dtype, class));
 }
 
+type UnaryFn = fn(&Tensor) -> foil::Result<Tensor>;
+
 #[test]
 fn activations() {
     let Some(dev) = gpu("activations") else { return };
     let mut r = rng("cuda activations");
-    let ops: [(&str, fn(&Tensor) -> foil::Result<Tensor>); 5] = [
+    let ops: [(&str, UnaryFn); 5] = [
         ("silu", Tensor::silu),
         ("gelu", Tensor::gelu),
         ("gelu_tanh", Tensor::gelu_tanh),
@@ -83,7 +85,13 @@ fn activations() {
             for (name, op) in ops {
                 check(&format!("{name} {dims:?}"), &op(&c).unwrap(), &op(&g).unwrap(), dtype, Class::Elementwise);
             }
-            check(&format!("scale {dims:?}"), &c.scale(0.37).unwrap(), &g.scale(0.37).unwrap(), dtype, Class::Elementwise);
+            check(
+                &format!("scale {dims:?}"),
+                &c.scale(0.37).unwrap(),
+                &g.scale(0.37).unwrap(),
+                dtype,
+                Class::Elementwise,
+            );
         }
     }
 }
@@ -92,8 +100,14 @@ fn activations() {
 fn binary_broadcast() {
     let Some(dev) = gpu("binary_broadcast") else { return };
     let mut r = rng("cuda binary_broadcast");
-    let shapes: [(&[usize], &[usize]); 6] =
-        [(&[1], &[1]), (&[1001], &[1001]), (&[2, 3, 5], &[5]), (&[2, 3, 5], &[3, 1]), (&[4, 1, 7], &[1, 6, 1]), (&[2, 320, 9, 9], &[1, 320, 1, 1])];
+    let shapes: [(&[usize], &[usize]); 6] = [
+        (&[1], &[1]),
+        (&[1001], &[1001]),
+        (&[2, 3, 5], &[5]),
+        (&[2, 3, 5], &[3, 1]),
+        (&[4, 1, 7], &[1, 6, 1]),
+        (&[2, 320, 9, 9], &[1, 320, 1, 1]),
+    ];
     for dtype in DTYPES {
         for (da, db) in shapes {
             let (ca, ga) = pair(&mut r, da, dtype, &dev, 1.0);
@@ -141,8 +155,20 @@ fn reductions_and_softmax() {
             for axis in 0..dims.len() as isize {
                 let what = |op: &str| format!("{op} axis {axis} of {dims:?}");
                 check(&what("sum"), &c.sum(axis, true).unwrap(), &g.sum(axis, true).unwrap(), dtype, Class::Reduction);
-                check(&what("mean"), &c.mean(axis, false).unwrap(), &g.mean(axis, false).unwrap(), dtype, Class::Reduction);
-                check(&what("max"), &c.max(axis, false).unwrap(), &g.max(axis, false).unwrap(), dtype, Class::Elementwise);
+                check(
+                    &what("mean"),
+                    &c.mean(axis, false).unwrap(),
+                    &g.mean(axis, false).unwrap(),
+                    dtype,
+                    Class::Reduction,
+                );
+                check(
+                    &what("max"),
+                    &c.max(axis, false).unwrap(),
+                    &g.max(axis, false).unwrap(),
+                    dtype,
+                    Class::Elementwise,
+                );
                 let (ca, ga) = (c.argmax(axis, false).unwrap(), g.argmax(axis, false).unwrap());
                 assert_eq!(ca.to_vec_u32().unwrap(), ga.to_vec_u32().unwrap(), "{} {dtype:?}", what("argmax"));
                 check(&what("softmax"), &c.softmax(axis).unwrap(), &g.softmax(axis).unwrap(), dtype, Class::Reduction);
@@ -153,7 +179,13 @@ fn reductions_and_softmax() {
         let ninf = f32::NEG_INFINITY;
         let (c, g) = upload(vec![ninf, ninf, ninf, 0.0, ninf, 1.0], &[2, 3], dtype, &dev);
         check("softmax of -inf rows", &c.softmax(-1).unwrap(), &g.softmax(-1).unwrap(), dtype, Class::Reduction);
-        check("log_softmax of -inf rows", &c.log_softmax(-1).unwrap(), &g.log_softmax(-1).unwrap(), dtype, Class::Reduction);
+        check(
+            "log_softmax of -inf rows",
+            &c.log_softmax(-1).unwrap(),
+            &g.log_softmax(-1).unwrap(),
+            dtype,
+            Class::Reduction,
+        );
     }
 }
 
@@ -161,7 +193,15 @@ fn reductions_and_softmax() {
 fn matmul() {
     let Some(dev) = gpu("matmul") else { return };
     let mut r = rng("cuda matmul");
-    let shapes = [(1, 1, 1, 1), (1, 1, 17, 3), (3, 5, 1, 9), (2, 33, 65, 17), (1, 130, 70, 259), (2, 128, 192, 320), (1, 77, 768, 768)];
+    let shapes = [
+        (1, 1, 1, 1),
+        (1, 1, 17, 3),
+        (3, 5, 1, 9),
+        (2, 33, 65, 17),
+        (1, 130, 70, 259),
+        (2, 128, 192, 320),
+        (1, 77, 768, 768),
+    ];
     for dtype in DTYPES {
         for (batch, m, n, k) in shapes {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -170,7 +210,13 @@ fn matmul() {
                 let (ca, ga) = pair(&mut r, &ad, dtype, &dev, 1.0);
                 let (cb, gb) = pair(&mut r, &bd, dtype, &dev, 1.0);
                 let what = format!("matmul b{batch} {m}x{n}x{k} ta={ta} tb={tb}");
-                check(&what, &ca.matmul_t(&cb, ta, tb).unwrap(), &ga.matmul_t(&gb, ta, tb).unwrap(), dtype, Class::Contraction);
+                check(
+                    &what,
+                    &ca.matmul_t(&cb, ta, tb).unwrap(),
+                    &ga.matmul_t(&gb, ta, tb).unwrap(),
+                    dtype,
+                    Class::Contraction,
+                );
             }
         }
         let (cx, gx) = pair(&mut r, &[3, 7, 40], dtype, &dev, 1.0);
@@ -192,12 +238,19 @@ fn layer_norm_and_group_norm() {
             let (c, g) = (cx.layer_norm(&cw, &cb, 1e-5).unwrap(), gx.layer_norm(&gw, &gb, 1e-5).unwrap());
             check(&format!("layer_norm {rows}x{cols}"), &c, &g, dtype, Class::Reduction);
         }
-        for (dims, groups) in [(vec![1, 1, 1, 1], 1), (vec![2, 6, 5, 3], 3), (vec![1, 64, 9, 9], 32), (vec![3, 4, 7], 4), (vec![1, 320, 64, 64], 32)] {
+        for (dims, groups) in [
+            (vec![1, 1, 1, 1], 1),
+            (vec![2, 6, 5, 3], 3),
+            (vec![1, 64, 9, 9], 32),
+            (vec![3, 4, 7], 4),
+            (vec![1, 320, 64, 64], 32),
+        ] {
             let c_ = dims[1];
             let (cx, gx) = pair(&mut r, &dims, dtype, &dev, 3.0);
             let (cw, gw) = pair(&mut r, &[c_], dtype, &dev, 1.0);
             let (cb, gb) = pair(&mut r, &[c_], dtype, &dev, 1.0);
-            let (c, g) = (cx.group_norm(groups, &cw, &cb, 1e-6).unwrap(), gx.group_norm(groups, &gw, &gb, 1e-6).unwrap());
+            let (c, g) =
+                (cx.group_norm(groups, &cw, &cb, 1e-6).unwrap(), gx.group_norm(groups, &gw, &gb, 1e-6).unwrap());
             check(&format!("group_norm {dims:?} g{groups}"), &c, &g, dtype, Class::Reduction);
         }
     }
@@ -218,7 +271,12 @@ fn conv2d() {
         ([2, 16, 5, 5], [7, 16, 1, 1], opt(1, 0, 1, 1), true),
         ([1, 64, 32, 32], [64, 64, 3, 3], opt(1, 1, 1, 1), true),
         ([1, 3, 31, 33], [64, 3, 7, 7], opt(2, 3, 1, 1), false),
-        ([1, 2, 8, 8], [3, 2, 4, 2], Conv2dOptions { stride: (2, 3), padding: (1, 0), dilation: (1, 2), groups: 1 }, true),
+        (
+            [1, 2, 8, 8],
+            [3, 2, 4, 2],
+            Conv2dOptions { stride: (2, 3), padding: (1, 0), dilation: (1, 2), groups: 1 },
+            true,
+        ),
     ];
     for dtype in DTYPES {
         for (xd, wd, o, with_bias) in cases {
@@ -238,8 +296,20 @@ fn layout_ops() {
     let mut r = rng("cuda layout_ops");
     for dtype in DTYPES {
         let (c, g) = pair(&mut r, &[2, 3, 5, 7], dtype, &dev, 1.0);
-        check("upsample", &c.upsample_nearest2x().unwrap(), &g.upsample_nearest2x().unwrap(), dtype, Class::Elementwise);
-        check("permute", &c.permute(&[0, 2, 3, 1]).unwrap(), &g.permute(&[0, 2, 3, 1]).unwrap(), dtype, Class::Elementwise);
+        check(
+            "upsample",
+            &c.upsample_nearest2x().unwrap(),
+            &g.upsample_nearest2x().unwrap(),
+            dtype,
+            Class::Elementwise,
+        );
+        check(
+            "permute",
+            &c.permute(&[0, 2, 3, 1]).unwrap(),
+            &g.permute(&[0, 2, 3, 1]).unwrap(),
+            dtype,
+            Class::Elementwise,
+        );
         check("transpose", &c.transpose(1, 3).unwrap(), &g.transpose(1, 3).unwrap(), dtype, Class::Elementwise);
         let (c2, g2) = pair(&mut r, &[2, 4, 5, 7], dtype, &dev, 1.0);
         let (cc, gc) = (Tensor::cat(&[&c, &c2], 1).unwrap(), Tensor::cat(&[&g, &g2], 1).unwrap());
@@ -249,7 +319,10 @@ fn layout_ops() {
         }
         let (ct, gt) = pair(&mut r, &[49, 13], dtype, &dev, 1.0);
         let ids: Vec<u32> = (0..77).map(|_| r.below(49)).collect();
-        let (ci, gi) = (Tensor::from_u32(ids.clone(), [7, 11], &Device::Cpu).unwrap(), Tensor::from_u32(ids, [7, 11], &dev).unwrap());
+        let (ci, gi) = (
+            Tensor::from_u32(ids.clone(), [7, 11], &Device::Cpu).unwrap(),
+            Tensor::from_u32(ids, [7, 11], &dev).unwrap(),
+        );
         check("embedding", &ct.embedding(&ci).unwrap(), &gt.embedding(&gi).unwrap(), dtype, Class::Elementwise);
     }
 }

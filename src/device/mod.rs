@@ -142,11 +142,7 @@ macro_rules! same_backend {
         match ($self, $other) {
             (Storage::Cpu($a), Storage::Cpu($b)) => $cpu.map(Storage::Cpu),
             (Storage::Cuda($a), Storage::Cuda($b)) => $cuda.map(Storage::Cuda),
-            (l, r) => Err(Error::DeviceMismatch {
-                op: $op,
-                lhs: l.device().to_string(),
-                rhs: r.device().to_string(),
-            }),
+            (l, r) => Err(Error::DeviceMismatch { op: $op, lhs: l.device().to_string(), rhs: r.device().to_string() }),
         }
     };
 }
@@ -242,9 +238,7 @@ impl BackendStorage for Storage {
     fn conv2d(&self, weight: &Self, bias: Option<&Self>, params: &Conv2dParams) -> Result<Self> {
         match (self, weight, bias) {
             (Storage::Cpu(x), Storage::Cpu(w), None) => x.conv2d(w, None, params).map(Storage::Cpu),
-            (Storage::Cpu(x), Storage::Cpu(w), Some(Storage::Cpu(b))) => {
-                x.conv2d(w, Some(b), params).map(Storage::Cpu)
-            }
+            (Storage::Cpu(x), Storage::Cpu(w), Some(Storage::Cpu(b))) => x.conv2d(w, Some(b), params).map(Storage::Cpu),
             (Storage::Cuda(x), Storage::Cuda(w), None) => x.conv2d(w, None, params).map(Storage::Cuda),
             (Storage::Cuda(x), Storage::Cuda(w), Some(Storage::Cuda(b))) => {
                 x.conv2d(w, Some(b), params).map(Storage::Cuda)
@@ -269,11 +263,9 @@ impl BackendStorage for Storage {
         match (self, dst) {
             (Storage::Cpu(s), Storage::Cpu(d)) => s.copy2d_into(d, copy),
             (Storage::Cuda(s), Storage::Cuda(d)) => s.copy2d_into(d, copy),
-            (s, d) => Err(Error::DeviceMismatch {
-                op: "copy2d",
-                lhs: s.device().to_string(),
-                rhs: d.device().to_string(),
-            }),
+            (s, d) => {
+                Err(Error::DeviceMismatch { op: "copy2d", lhs: s.device().to_string(), rhs: d.device().to_string() })
+            }
         }
     }
 
@@ -283,7 +275,9 @@ impl BackendStorage for Storage {
 
     fn attention(&self, k: &Self, v: &Self, mask: Option<&Self>, params: &AttentionParams) -> Result<Self> {
         match (self, k, v, mask) {
-            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v), None) => q.attention(k, v, None, params).map(Storage::Cpu),
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v), None) => {
+                q.attention(k, v, None, params).map(Storage::Cpu)
+            }
             (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v), Some(Storage::Cpu(m))) => {
                 q.attention(k, v, Some(m), params).map(Storage::Cpu)
             }

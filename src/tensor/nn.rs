@@ -90,7 +90,10 @@ impl Tensor {
             out_size(x[2], opt.padding.0, opt.dilation.0, w[2], opt.stride.0),
             out_size(x[3], opt.padding.1, opt.dilation.1, w[3], opt.stride.1),
         ) else {
-            return shape_err("conv2d", format!("kernel {} is larger than the padded input {}", weight.shape, self.shape));
+            return shape_err(
+                "conv2d",
+                format!("kernel {} is larger than the padded input {}", weight.shape, self.shape),
+            );
         };
         if w[2] == 0 || w[3] == 0 {
             return shape_err("conv2d", format!("empty kernel {}", weight.shape));
@@ -160,7 +163,10 @@ impl Tensor {
         if q.len() != 4 || kd.len() != 4 || kd != vd || q[0] != kd[0] || q[1] != kd[1] || q[3] != kd[3] {
             return shape_err(
                 "attention",
-                format!("q {}, k {}, v {} must be (batch, heads, seq, d) with matching batch, heads and d", self.shape, k.shape, v.shape),
+                format!(
+                    "q {}, k {}, v {} must be (batch, heads, seq, d) with matching batch, heads and d",
+                    self.shape, k.shape, v.shape
+                ),
             );
         }
         let mut params = AttentionParams {

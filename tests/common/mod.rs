@@ -21,7 +21,6 @@ pub fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal()).collect()
 }
 
-
 /// max |got − want| / max |want| (floored at 1e-6); infinities must match exactly.
 pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "lengths differ");

@@ -19,9 +19,7 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, p
     }
     // One task per (batch, head, query block); each owns its rows of the output.
     let tasks = out.par_chunks_mut(sq * d).enumerate().flat_map(|(bh, head)| {
-        head.par_chunks_mut(QUERY_BLOCK * d)
-            .enumerate()
-            .map(move |(blk, o)| (bh, blk * QUERY_BLOCK, o))
+        head.par_chunks_mut(QUERY_BLOCK * d).enumerate().map(move |(blk, o)| (bh, blk * QUERY_BLOCK, o))
     });
     tasks.for_each(|(bh, q0, o)| {
         let rows = o.len() / d;

@@ -41,7 +41,12 @@ pub(crate) fn copy2d<T: Copy>(src: &[T], dst: &mut [T], c: Copy2d) {
     }
 }
 
-pub(crate) fn upsample_nearest2x<T: Copy + Send + Sync + Default>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
+pub(crate) fn upsample_nearest2x<T: Copy + Send + Sync + Default>(
+    x: &[T],
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> Vec<T> {
     let mut out = vec![T::default(); planes * 4 * h * w];
     if w == 0 {
         return out;

@@ -26,7 +26,15 @@ impl Cublas {
 
     /// Row-major c (m, n) = a (m, k) · b (k, n), computed as the column-major
     /// cᵀ = bᵀ·aᵀ, so no transpose is materialised. f32 uses plain SGEMM math.
-    pub fn matmul(&self, a: &CudaStorage, b: &CudaStorage, c: &mut CudaStorage, m: usize, n: usize, k: usize) -> Result<()> {
+    pub fn matmul(
+        &self,
+        a: &CudaStorage,
+        b: &CudaStorage,
+        c: &mut CudaStorage,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
         let dims = |v: usize| i32::try_from(v).map_err(|_| Error::Cuda(format!("cuBLAS size {v} too large")));
         let (mi, ni, ki) = (dims(m)?, dims(n)?, dims(k)?);
         macro_rules! gemm {

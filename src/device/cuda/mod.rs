@@ -134,9 +134,7 @@ impl CudaDevice {
             return Ok(f.clone());
         }
         let module = self.module(family)?;
-        let f = module
-            .load_function(name)
-            .map_err(|e| Error::Cuda(format!("kernel '{name}' of '{family}': {e}")))?;
+        let f = module.load_function(name).map_err(|e| Error::Cuda(format!("kernel '{name}' of '{family}': {e}")))?;
         self.functions.lock().unwrap().insert(name.to_string(), f.clone());
         Ok(f)
     }
