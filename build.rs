@@ -1,5 +1,5 @@
 //! Compiles kernels/*.cu to PTX for sm_80 and sm_90 when nvcc is found, and
-//! always embeds the sources (with common.cuh inlined) so the CUDA backend can
+//! always embeds the sources (with their kernels/*.cuh headers inlined) so the CUDA backend can
 //! compile them with NVRTC at run time when no PTX was built. A broken nvcc is a
 //! build error; a missing one is not.
 
@@ -11,7 +11,6 @@ use std::process::Command;
 
 /// The architectures PTX is built for: sm_80 runs on Ampere and Ada, sm_90 on Hopper.
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
-const COMMON_HEADER: &str = "common.cuh";
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -28,7 +27,6 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
         .collect();
     sources.sort();
-    let common = fs::read_to_string(kernels.join(COMMON_HEADER)).expect("kernels/common.cuh exists");
 
     // FOIL_NVRTC_ONLY=1 skips nvcc, to exercise the run-time compile path.
     let nvcc = if env::var_os("FOIL_NVRTC_ONLY").is_some() { None } else { find_nvcc(&root) };
@@ -37,8 +35,8 @@ fn main() {
     let mut table = String::from("pub const FAMILIES: &[KernelFamily] = &[\n");
     for src in &sources {
         let name = src.file_stem().unwrap().to_str().unwrap().to_string();
-        let text = fs::read_to_string(src).unwrap();
-        let inlined = text.replace(&format!("#include \"{COMMON_HEADER}\""), &common);
+        let mut seen = Vec::new();
+        let inlined = inline_includes(&kernels, src, &mut seen);
         let inlined_path = out.join(format!("{name}.nvrtc.cu"));
         fs::write(&inlined_path, inlined).unwrap();
         let mut ptx = String::new();
@@ -82,6 +80,32 @@ fn nvcc_version(nvcc: &Path) -> String {
     let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     let release = text.lines().find(|l| l.contains("release")).unwrap_or("unknown version").trim();
     format!("nvcc ({release})")
+}
+
+/// The text of `file` with every `#include "x.cuh"` of kernels/ replaced by that
+/// header's own inlined text, each header once (they are all `#pragma once`):
+/// NVRTC gets one self-contained source and needs no include path.
+fn inline_includes(dir: &Path, file: &Path, seen: &mut Vec<PathBuf>) -> String {
+    let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let header = line.trim().strip_prefix("#include \"").and_then(|rest| rest.strip_suffix('"'));
+        match header {
+            Some(name) => {
+                let path = dir.join(name);
+                if !seen.contains(&path) {
+                    seen.push(path.clone());
+                    out.push_str(&inline_includes(dir, &path, seen));
+                }
+            }
+            None if line.trim() == "#pragma once" => {}
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn compile_ptx(nvcc: &Path, include: &Path, src: &Path, arch: &str, out: &Path) {

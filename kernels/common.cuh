@@ -31,6 +31,9 @@ template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
     return h;
 }
 
+// Whether p may be accessed by 16-byte vector loads and stores.
+__device__ __forceinline__ bool aligned16(const void* p) { return ((size_t)p & 15) == 0; }
+
 // Grid-stride loop over n elements, 64-bit safe.
 #define FOIL_GRID_STRIDE(i, n) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n); i += (size_t)gridDim.x * blockDim.x)

@@ -50,8 +50,7 @@ pub fn origin_for(cc: (i32, i32)) -> Result<KernelOrigin> {
         let arch = if cc.0 >= 9 { "sm_90" } else { "sm_80" };
         return Ok(KernelOrigin::Prebuilt { compiler, arch });
     }
-    // SAFETY: only probes whether the shared library can be opened.
-    if !unsafe { nvrtc::sys::is_culib_present() } {
+    if !nvrtc_available() {
         return Err(Error::Cuda(
             "this build has no prebuilt PTX and the NVRTC library (libnvrtc.so) was not found".into(),
         ));
@@ -107,6 +106,33 @@ fn nvrtc_version() -> String {
     format!("{major}.{minor}")
 }
 
+/// Whether libnvrtc can be loaded (cudarc panics on first use when it cannot).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only probes whether the shared library can be opened.
+    unsafe { nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles `family` with NVRTC for `arch` (e.g. "sm_90"), with no cache; CI
+/// uses it to check the run-time path without a GPU.
+pub fn compile_nvrtc(family: &KernelFamily, arch: &str) -> Result<Ptx> {
+    if !nvrtc_available() {
+        return Err(Error::Cuda("the NVRTC library (libnvrtc.so) was not found".into()));
+    }
+    let opts = CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "-std=c++17".into(), "-lineinfo".into()],
+        name: Some(format!("{}.cu", family.name)),
+        ..Default::default()
+    };
+    nvrtc::compile_ptx_with_opts(family.source, opts).map_err(|e| Error::KernelCompile {
+        family: family.name.into(),
+        arch: arch.into(),
+        log: match e {
+            nvrtc::CompileError::CompileError { log, .. } => log.to_string_lossy().trim().replace('\n', " | "),
+            other => format!("{other:?}"),
+        },
+    })
+}
+
 fn compile_cached(family: &KernelFamily, arch: &str, cache: Option<&PathBuf>) -> Result<Ptx> {
     let version = nvrtc_version();
     let key = fnv1a(&[family.source.as_bytes(), arch.as_bytes(), version.as_bytes()]);
@@ -114,19 +140,7 @@ fn compile_cached(family: &KernelFamily, arch: &str, cache: Option<&PathBuf>) ->
     if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
         return Ok(Ptx::from_src(text));
     }
-    let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "-std=c++17".into(), "-lineinfo".into()],
-        name: Some(format!("{}.cu", family.name)),
-        ..Default::default()
-    };
-    let ptx = nvrtc::compile_ptx_with_opts(family.source, opts).map_err(|e| Error::KernelCompile {
-        family: family.name.into(),
-        arch: arch.into(),
-        log: match e {
-            nvrtc::CompileError::CompileError { log, .. } => log.to_string_lossy().trim().replace('\n', " | "),
-            other => format!("{other:?}"),
-        },
-    })?;
+    let ptx = compile_nvrtc(family, arch)?;
     if let Some(path) = path {
         // Write then rename, so a concurrent reader never sees half a file; a
         // cache that cannot be written only costs a recompile next time.
