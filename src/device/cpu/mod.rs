@@ -10,6 +10,7 @@ mod layout;
 mod matmul;
 mod norm;
 mod reduce;
+mod vexp;
 
 use std::borrow::Cow;
 
@@ -23,13 +24,21 @@ use crate::error::{Error, Result};
 
 /// Below this many elements an elementwise op runs on one thread: rayon's
 /// fork-join costs more than it saves.
-/// The vector instructions the hot loops (gemm, conv) use on this CPU.
-pub fn simd_description() -> &'static str {
+/// Whether the AVX2 + FMA builds of the hot loops can run here (std caches the CPUID probe).
+pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return "AVX2 + FMA";
+    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The vector instructions the hot loops use on this CPU.
+pub fn simd_description() -> &'static str {
+    if has_avx2_fma() {
+        "AVX2 + FMA"
+    } else {
+        "portable (no AVX2/FMA kernels on this CPU)"
     }
-    "portable (no AVX2/FMA kernels on this CPU)"
 }
 
 pub(crate) const PAR_MIN: usize = 1 << 14;

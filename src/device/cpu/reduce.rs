@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::vexp::exp_shifted;
 use super::PAR_MIN;
 use crate::device::contract::{ReduceOp, ReduceShape};
 
@@ -68,19 +69,28 @@ pub(crate) fn softmax(x: &[f32], rows: usize, cols: usize, log: bool) -> Vec<f32
     out
 }
 
+/// The maximum of a row (NaN ignored, as f32::max does), over 8 lanes so it vectorises.
+fn row_max(r: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = r.chunks_exact(8);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(c[l]);
+        }
+    }
+    lanes.iter().copied().fold(tail, f32::max)
+}
+
 /// One row, stable: exponentiates x - max. A row of only -inf gives zeros
 /// (softmax) or -inf (log-softmax) rather than NaN.
 pub(crate) fn softmax_row(r: &[f32], o: &mut [f32], log: bool) {
-    let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(r);
     if max == f32::NEG_INFINITY {
         o.fill(if log { f32::NEG_INFINITY } else { 0.0 });
         return;
     }
-    let mut sum = 0.0f32;
-    for (o, &v) in o.iter_mut().zip(r) {
-        *o = (v - max).exp();
-        sum += *o;
-    }
+    let sum = exp_shifted(r, max, o);
     if log {
         let lse = sum.ln();
         o.iter_mut().zip(r).for_each(|(o, &v)| *o = v - max - lse);
