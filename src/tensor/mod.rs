@@ -104,6 +104,12 @@ impl Tensor {
         self.storage.device()
     }
 
+    /// The buffer behind the tensor, for code that calls a backend directly
+    /// (the benchmarks' cuBLAS and copy-bandwidth references).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// The values on the host, in the tensor's dtype.
     pub fn to_host(&self) -> Result<HostData> {
         self.storage.to_host()
@@ -144,7 +150,7 @@ impl Tensor {
         let mut dims = shape.into().dims().to_vec();
         let known: usize = dims.iter().filter(|&&d| d != usize::MAX).product();
         let holes = dims.iter().filter(|&&d| d == usize::MAX).count();
-        if holes > 1 || (holes == 1 && (known == 0 || self.numel() % known != 0)) {
+        if holes > 1 || (holes == 1 && (known == 0 || !self.numel().is_multiple_of(known))) {
             return shape_err("reshape", format!("cannot infer a dimension of {dims:?} from {}", self.shape));
         }
         for d in dims.iter_mut().filter(|d| **d == usize::MAX) {

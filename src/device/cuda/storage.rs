@@ -90,6 +90,17 @@ impl CudaStorage {
         &mut self.buf
     }
 
+    /// Copies `src` (same dtype and length) into this buffer, device to device.
+    pub fn copy_from(&mut self, src: &CudaStorage) -> Result<()> {
+        if src.dtype != self.dtype || src.len != self.len {
+            return Err(Error::Shape {
+                op: "copy_from",
+                detail: format!("{} {} into {} {}", src.len, src.dtype, self.len, self.dtype),
+            });
+        }
+        self.device.stream().memcpy_dtod(&src.buf, &mut self.buf).map_err(driver_err)
+    }
+
     pub fn download(&self) -> Result<HostData> {
         let bytes = self.device.stream().clone_dtoh(&self.buf).map_err(driver_err)?;
         let bytes = &bytes[..self.len * self.dtype.size_in_bytes()];
