@@ -14,6 +14,9 @@
 // are decoded once into shared memory; per k-tile each thread decodes only its
 // own kk (one k row of the tile), so the gather costs two divisions a tile, not
 // two an element.
+// The math is the 64×64 tile core of tile.cuh, the one gemm.cu runs, with
+// A = W and B = the gathered X (neither transposed); this file supplies the loads
+// and the epilogue (bias, NCHW scatter).
 // f16/bf16: tensor cores, mma.sync m16n8k16 (f32 accumulate); warps 2×4, 32×16
 //   each. The W tile ([64 m][32 k]) comes in by cp.async when K % 8 == 0 and
 //   aligned, else by guarded element loads; the X tile ([32 k][64 n]) is
@@ -30,8 +33,7 @@
 // kh·kw times, mostly from L1/L2; the 64×64 tile and the scalar gather keep this
 // kernel well below the tensor peak. Depthwise (M = 1) wastes 63/64 of each
 // tile's math and is memory bound anyway.
-#include "mma.cuh"
-
+#include "tile.cuh"
 
 namespace {
 
@@ -111,144 +113,69 @@ __device__ __forceinline__ T gather(const T* __restrict__ x, const Conv2dArgs& p
 
 // ---- f16 / bf16: tensor cores -------------------------------------------------------
 
-constexpr int TC_BK = 32;
-constexpr int LD_A = TC_BK + 8;          // W tile [64 m][32 k], +16 B pad
-constexpr int LD_B = 64 + 8;             // X tile [32 k][64 n], +16 B pad
-constexpr int TILE_A = 64 * LD_A;
-constexpr int TILE_B = TC_BK * LD_B;
-constexpr int TC_SMEM = 2 * TILE_A + 2 * TILE_B;   // two stages (19 KB)
-
-// W tile rows bm.., k k0..: one 8-element chunk per thread (see gemm.cu).
-__device__ __forceinline__ void load_w16(unsigned short* s, const unsigned short* __restrict__ wg, u32 K, u32 M,
-                                         u32 bm, u32 k0, bool vec, int tid) {
-    const int r = tid >> 2, c = (tid & 3) * 8;
-    const u32 gr = bm + r, gc = k0 + c;
-    unsigned short* dst = s + r * LD_A + c;
-    const u32 valid = (gr < M && gc < K) ? K - gc : 0u;
-    const unsigned short* src = wg + ((size_t)gr * K + gc);
-    if (vec && valid >= 8) {
-        cp_async16(dst, src);
-    } else {
-        u32 w[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const u32 lo = (2u * j < valid) ? (u32)src[2 * j] : 0u;
-            const u32 hi = (2u * j + 1 < valid) ? (u32)src[2 * j + 1] : 0u;
-            w[j] = lo | (hi << 16);
-        }
-        *reinterpret_cast<U4*>(dst) = U4{w[0], w[1], w[2], w[3]};
-    }
-}
+// W is gemm's A stored [m][k], X its B stored [k][n]: neither transposed.
+constexpr int TC_SMEM = 2 * TC_STAGE_A<false> + 2 * TC_STAGE_B<false>;   // two stages (19 KB)
 
 template <typename T>
 __device__ __forceinline__ void conv_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                                         T* __restrict__ y, const Conv2dArgs& p, unsigned short* smem,
                                         ColInfo* cols) {
     const ConvGeom G(p);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp >> 2, wn = warp & 3;
+    const int tid = threadIdx.x;
     const u32 g = blockIdx.z, bm = blockIdx.y * 64u, bn = blockIdx.x * 64u;
     const unsigned short* Wg = reinterpret_cast<const unsigned short*>(w) + (size_t)g * G.cog * G.K;
     const bool vecA = (G.K % 8u == 0) && aligned16(Wg);
     unsigned short* sA = smem;
-    unsigned short* sB = smem + 2 * TILE_A;
+    unsigned short* sB = smem + 2 * TC_STAGE_A<false>;
 
     decode_cols(cols, p, G, bn, g, tid);
     __syncthreads();
 
     // Gather role: k row kr of the tile, columns cl + 8j (8 threads cover a row,
-    // so a warp's loads touch 4 runs of 8 consecutive columns).
+    // so a warp's loads touch 4 runs of 8 consecutive columns). The W tile goes
+    // by cp.async, the X tile through registers, stored by land after the math.
     const int kr = tid >> 3, cl = tid & 7;
     T xv[8];
-    auto gather_tile = [&](u32 k0) {
+    auto issue = [&](int st, u32 k0) {
+        load_tile16<64, 32>(sA + st * TC_STAGE_A<false>, Wg, G.K, bm, k0, G.M, G.K, vecA, tid);
+        cp_async_commit();
         const Tap t = decode_tap(k0 + kr, p, G);
 #pragma unroll
         for (int j = 0; j < 8; ++j) xv[j] = gather(x, p, t, cols[cl + 8 * j]);
     };
-    auto store_tile = [&](int st) {
-        unsigned short* d = sB + st * TILE_B + kr * LD_B + cl;
+    auto land = [&](int st) {
+        unsigned short* d = sB + st * TC_STAGE_B<false> + kr * LD_MC + cl;
 #pragma unroll
         for (int j = 0; j < 8; ++j) d[8 * j] = xv[j].bits;
     };
 
+    issue(0, 0u);
+    land(0);
     float acc[2][2][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+    tc_mainloop<T, false, false>(acc, sA, sB, G.K / TC_BK + (G.K % TC_BK != 0), issue, land);
 
-    const u32 kt_n = G.K / TC_BK + (G.K % TC_BK != 0);   // K >= 1
-    load_w16(sA, Wg, G.K, G.M, bm, 0, vecA, tid);
-    cp_async_commit();
-    gather_tile(0);
-    store_tile(0);
-    const int li = lane >> 3, lr = lane & 7;
-    for (u32 kt = 0; kt < kt_n; ++kt) {
-        const int cur = kt & 1;
-        const bool more = kt + 1 < kt_n;
-        if (more) {
-            load_w16(sA + (cur ^ 1) * TILE_A, Wg, G.K, G.M, bm, (kt + 1) * TC_BK, vecA, tid);
-            cp_async_commit();
-            gather_tile((kt + 1) * TC_BK);    // loads in flight during the mma below
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
+    tc_for_each_pair(acc, [&](int r, int c, float a0, float a1) {
+        const u32 co = bm + r;
+        if (co >= G.M) return;
+        const u32 ch = g * G.cog + co;
+        const float bv = p.has_bias ? to_f32(bias[ch]) : 0.f;
+        const float v[2] = {a0, a1};
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int cc = c + e;
+            if (bn + cc >= G.N) continue;
+            y[cols[cc].yb + ch * G.hwo] = from_f32<T>(v[e] + bv);
         }
-        __syncthreads();
-        const unsigned short* tA = sA + cur * TILE_A;
-        const unsigned short* tB = sB + cur * TILE_B;
-#pragma unroll
-        for (int ks = 0; ks < TC_BK; ks += 16) {
-            u32 af[2][4], bfr[4];
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-                ldsm_x4(af[mt], tA + (wm * 32 + mt * 16 + (lane & 15)) * LD_A + ks + (lane >> 4) * 8);
-            ldsm_x4_t(bfr, tB + (ks + lr + (li & 1) * 8) * LD_B + wn * 16 + (li >> 1) * 8);
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma16816<T>(acc[mt][nt], af[mt], bfr[2 * nt], bfr[2 * nt + 1]);
-        }
-        // The other stage was last read before the previous barrier: safe to fill.
-        if (more) store_tile(cur ^ 1);
-        __syncthreads();
-    }
-
-    // Accumulator (mt, nt, e): row g8 (+8 for e >= 2), column 2·(lane%4) + (e & 1).
-    const int g8 = lane >> 2, t4 = lane & 3;
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            const u32 co = bm + wm * 32 + mt * 16 + g8 + hh * 8;
-            if (co >= G.M) continue;
-            const u32 ch = g * G.cog + co;
-            const float bv = p.has_bias ? to_f32(bias[ch]) : 0.f;
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int cc = wn * 16 + nt * 8 + 2 * t4 + e;
-                    if (bn + cc >= G.N) continue;
-                    y[cols[cc].yb + ch * G.hwo] = from_f32<T>(acc[mt][nt][2 * hh + e] + bv);
-                }
-        }
+    });
 }
 
 // ---- f32: SIMT ----------------------------------------------------------------------
-
-constexpr int FP_BK = 16;
-constexpr int FP_LD = 64 + 4;
-constexpr int FP_TILE = FP_BK * FP_LD;
-constexpr int FP_SMEM = 4 * FP_TILE;     // 2 operands × 2 stages (17 KB)
 
 __device__ __forceinline__ void conv_simt(const float* __restrict__ x, const float* __restrict__ w,
                                           const float* __restrict__ bias, float* __restrict__ y, const Conv2dArgs& p,
                                           float* smem, ColInfo* cols) {
     const ConvGeom G(p);
-    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int tid = threadIdx.x;
     const u32 g = blockIdx.z, bm = blockIdx.y * 64u, bn = blockIdx.x * 64u;
     const float* Wg = w + (size_t)g * G.cog * G.K;
     const bool vecA = (G.K % 4u == 0) && aligned16(Wg);
@@ -263,22 +190,13 @@ __device__ __forceinline__ void conv_simt(const float* __restrict__ x, const flo
     const int ar = tid >> 2, ac = (tid & 3) * 4;
     const int kr = tid >> 4, cl = tid & 15;
     float ra[4], xv[4];
-    auto load_regs = [&](u32 k0) {
-        const u32 gr = bm + ar, gc = k0 + ac;
-        const u32 valid = (gr < G.M && gc < G.K) ? G.K - gc : 0u;
-        const float* src = Wg + ((size_t)gr * G.K + gc);
-        if (vecA && valid >= 4) {
-            const F4 t = *reinterpret_cast<const F4*>(src);
-            ra[0] = t.x; ra[1] = t.y; ra[2] = t.z; ra[3] = t.w;
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) ra[j] = ((u32)j < valid) ? src[j] : 0.f;
-        }
+    auto issue = [&](u32 k0) {
+        load4(ra, Wg, G.K, bm + ar, k0 + ac, G.M, G.K, vecA);
         const Tap t = decode_tap(k0 + kr, p, G);
 #pragma unroll
         for (int j = 0; j < 4; ++j) xv[j] = gather(x, p, t, cols[cl + 16 * j]);
     };
-    auto store_regs = [&](int st) {
+    auto land = [&](int st) {
         float* dA = sA + st * FP_TILE;
         float* dB = sB + st * FP_TILE + kr * FP_LD + cl;
 #pragma unroll
@@ -287,45 +205,20 @@ __device__ __forceinline__ void conv_simt(const float* __restrict__ x, const flo
         for (int j = 0; j < 4; ++j) dB[16 * j] = xv[j];
     };
 
+    issue(0u);
+    land(0);
     float acc[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-
-    const u32 kt_n = G.K / FP_BK + (G.K % FP_BK != 0);
-    load_regs(0);
-    store_regs(0);
-    __syncthreads();
-    for (u32 kt = 0; kt < kt_n; ++kt) {
-        const int cur = kt & 1;
-        const bool more = kt + 1 < kt_n;
-        if (more) load_regs((kt + 1) * FP_BK);
-        const float* tA = sA + cur * FP_TILE + ty * 4;
-        const float* tB = sB + cur * FP_TILE + tx * 4;
-#pragma unroll
-        for (int kk = 0; kk < FP_BK; ++kk) {
-            const F4 av = *reinterpret_cast<const F4*>(tA + kk * FP_LD);
-            const F4 bv = *reinterpret_cast<const F4*>(tB + kk * FP_LD);
-            const float ai[4] = {av.x, av.y, av.z, av.w}, bj[4] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(ai[i], bj[j], acc[i][j]);
-        }
-        if (more) store_regs(cur ^ 1);
-        __syncthreads();
-    }
+    simt_mainloop(acc, sA, sB, G.K / FP_BK + (G.K % FP_BK != 0), issue, land);
 
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const u32 co = bm + ty * 4 + i;
+        const u32 co = bm + simt_row0() + i;
         if (co >= G.M) continue;
         const u32 ch = g * G.cog + co;
         const float bv = p.has_bias ? bias[ch] : 0.f;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int cc = tx * 4 + j;
+            const int cc = simt_col0() + j;
             if (bn + cc < G.N) y[cols[cc].yb + ch * G.hwo] = acc[i][j] + bv;
         }
     }

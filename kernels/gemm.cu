@@ -6,6 +6,8 @@
 // Launch: block 256 (8 warps), grid (⌈n/64⌉, ⌈m/64⌉, batch); each block owns one
 // 64×64 tile of C and walks k in steps of 32 (f16/bf16) or 16 (f32).
 //
+// The k loops are the 64×64 tile core of tile.cuh (shared with conv.cu); this
+// file supplies the operand loads and the epilogue.
 // f16/bf16: tensor cores, mma.sync m16n8k16 with f32 accumulators. Warps are 2×4
 //   over the tile, each owns 32×16 (2×2 mma tiles). The shared tiles keep the
 //   global layout of each operand (rows of 16-byte chunks along the contiguous
@@ -30,52 +32,22 @@
 // ABI) re-reads each operand ⌈n/64⌉ or ⌈m/64⌉ times, served mostly from L2; its
 // per-warp 32×16 mma tile keeps this kernel well under the tensor peak (the
 // benchmark reports the ratio to cuBLAS at each shape).
-#include "mma.cuh"
+#include "tile.cuh"
 
 namespace {
 
 // ---- f16 / bf16: tensor cores -------------------------------------------------------
 
-constexpr int TC_BK = 32;
-constexpr int LD_KC = TC_BK + 8;         // tile stored [64][32]: k contiguous, +16 B pad
-constexpr int LD_MC = 64 + 8;            // tile stored [32][64]: m or n contiguous, +16 B pad
-constexpr int TC_TILE = 64 * LD_KC;      // elements per stage per operand (>= 32 * LD_MC)
-static_assert(TC_TILE >= TC_BK * LD_MC, "stage too small");
+// A and B stages are sized for either layout, so the four trans instantiations
+// share one shared-memory declaration.
+constexpr int TC_TILE = TC_TILE_KC;
+static_assert(TC_TILE >= TC_TILE_MC, "stage too small");
 constexpr int TC_SMEM = 4 * TC_TILE;     // 2 operands × 2 stages (20 KB)
-
-// Loads a ROWS×COLS tile (COLS contiguous in global memory, row pitch ld) whose
-// origin is (r0, c0) of a rlim×clim matrix into shared memory with row pitch
-// COLS + 8. ROWS·COLS/8 = 256 chunks of 8 elements: one per thread.
-template <int ROWS, int COLS>
-__device__ __forceinline__ void load_tile16(unsigned short* s, const unsigned short* __restrict__ g, u32 ld, u32 r0,
-                                            u32 c0, u32 rlim, u32 clim, bool vec, int tid) {
-    static_assert(ROWS * COLS / 8 == 256, "one chunk per thread");
-    constexpr int CPR = COLS / 8;
-    const int r = tid / CPR, c = (tid % CPR) * 8;
-    const u32 gr = r0 + r, gc = c0 + c;
-    unsigned short* dst = s + r * (COLS + 8) + c;
-    // Elements of this chunk inside the matrix (0 past an edge); overflow-safe form.
-    const u32 valid = (gr < rlim && gc < clim) ? clim - gc : 0u;
-    const unsigned short* src = g + ((size_t)gr * ld + gc);
-    if (vec && valid >= 8) {
-        cp_async16(dst, src);
-    } else {
-        u32 w[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const u32 lo = (2u * j < valid) ? (u32)src[2 * j] : 0u;
-            const u32 hi = (2u * j + 1 < valid) ? (u32)src[2 * j + 1] : 0u;
-            w[j] = lo | (hi << 16);
-        }
-        *reinterpret_cast<U4*>(dst) = U4{w[0], w[1], w[2], w[3]};
-    }
-}
 
 template <typename T, bool TA, bool TB>
 __device__ __forceinline__ void gemm_tc(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c, u32 m,
                                         u32 n, u32 k, u32 sa, u32 sb, unsigned short* smem) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp >> 2, wn = warp & 3;     // warp tile: rows wm*32.., cols wn*16..
+    const int tid = threadIdx.x;
     const u32 bm = blockIdx.y * 64u, bn = blockIdx.x * 64u;
     const unsigned short* A = reinterpret_cast<const unsigned short*>(a) + (size_t)blockIdx.z * sa;
     const unsigned short* B = reinterpret_cast<const unsigned short*>(b) + (size_t)blockIdx.z * sb;
@@ -86,81 +58,34 @@ __device__ __forceinline__ void gemm_tc(const T* __restrict__ a, const T* __rest
     unsigned short* sA = smem;
     unsigned short* sB = smem + 2 * TC_TILE;
 
-    float acc[2][2][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
     // Stage loads keep the global layout: [k][m] when trans_a, else [m][k]; [n][k]
-    // when trans_b, else [k][n].
-    auto load_stage = [&](int st, u32 k0) {
-        if (TA) load_tile16<32, 64>(sA + st * TC_TILE, A, m, k0, bm, k, m, vecA, tid);
-        else load_tile16<64, 32>(sA + st * TC_TILE, A, k, bm, k0, m, k, vecA, tid);
-        if (TB) load_tile16<64, 32>(sB + st * TC_TILE, B, k, bn, k0, n, k, vecB, tid);
-        else load_tile16<32, 64>(sB + st * TC_TILE, B, n, k0, bn, k, n, vecB, tid);
+    // when trans_b, else [k][n]. cp.async lands them, nothing is left to store.
+    auto issue = [&](int st, u32 k0) {
+        if (TA) load_tile16<32, 64>(sA + st * TC_STAGE_A<TA>, A, m, k0, bm, k, m, vecA, tid);
+        else load_tile16<64, 32>(sA + st * TC_STAGE_A<TA>, A, k, bm, k0, m, k, vecA, tid);
+        if (TB) load_tile16<64, 32>(sB + st * TC_STAGE_B<TB>, B, k, bn, k0, n, k, vecB, tid);
+        else load_tile16<32, 64>(sB + st * TC_STAGE_B<TB>, B, n, k0, bn, k, n, vecB, tid);
         cp_async_commit();
     };
 
     const u32 kt_n = k / TC_BK + (k % TC_BK != 0);
-    if (kt_n > 0) load_stage(0, 0);
-    const int li = lane >> 3, lr = lane & 7;     // ldmatrix: matrix index, row in matrix
-    for (u32 kt = 0; kt < kt_n; ++kt) {
-        const int cur = kt & 1;
-        if (kt + 1 < kt_n) {
-            load_stage(cur ^ 1, (kt + 1) * TC_BK);
-            cp_async_wait<1>();    // this stage's group is done, the next may fly
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
-        const unsigned short* tA = sA + cur * TC_TILE;
-        const unsigned short* tB = sB + cur * TC_TILE;
-#pragma unroll
-        for (int ks = 0; ks < TC_BK; ks += 16) {
-            u32 af[2][4], bfr[4];
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
-                const int m0 = wm * 32 + mt * 16;
-                // Matrices 0..3 of the A fragment: (m0, ks), (m0+8, ks), (m0, ks+8), (m0+8, ks+8).
-                if (TA) ldsm_x4_t(af[mt], tA + (ks + lr + (li >> 1) * 8) * LD_MC + m0 + (li & 1) * 8);
-                else ldsm_x4(af[mt], tA + (m0 + (lane & 15)) * LD_KC + ks + (lane >> 4) * 8);
-            }
-            // Matrices 0..3: (n0, ks), (n0, ks+8), (n0+8, ks), (n0+8, ks+8) -> b0,b1 of two n-tiles.
-            const int n0 = wn * 16;
-            if (TB) ldsm_x4(bfr, tB + (n0 + lr + (li >> 1) * 8) * LD_KC + ks + (li & 1) * 8);
-            else ldsm_x4_t(bfr, tB + (ks + lr + (li & 1) * 8) * LD_MC + n0 + (li >> 1) * 8);
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma16816<T>(acc[mt][nt], af[mt], bfr[2 * nt], bfr[2 * nt + 1]);
-        }
-        __syncthreads();           // stage cur is overwritten by the next iteration's load
-    }
+    if (kt_n > 0) issue(0, 0u);    // k = 0 loads nothing and writes zeros
+    float acc[2][2][4];
+    tc_mainloop<T, TA, TB>(acc, sA, sB, kt_n, issue, [](int) {});
 
-    // Accumulator (mt, nt, e): row g (+8 for e >= 2), column 2·(lane%4) + (e & 1).
-    const int g = lane >> 2, t4 = lane & 3;
     const bool pair = (n % 2u == 0) && ((size_t)C & 3) == 0;   // (row·n + even col) even: 4-byte stores
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const u32 row = bm + wm * 32 + mt * 16 + g + hh * 8;
-                const u32 col = bn + wn * 16 + nt * 8 + 2 * t4;
-                if (row >= m || col >= n) continue;
-                const T v0 = from_f32<T>(acc[mt][nt][2 * hh]), v1 = from_f32<T>(acc[mt][nt][2 * hh + 1]);
-                T* dst = C + ((size_t)row * n + col);
-                if (pair) {
-                    *reinterpret_cast<u32*>(dst) = (u32)v0.bits | ((u32)v1.bits << 16);
-                } else {
-                    dst[0] = v0;
-                    if (col + 1 < n) dst[1] = v1;
-                }
-            }
+    tc_for_each_pair(acc, [&](int r, int cc, float a0, float a1) {
+        const u32 row = bm + r, col = bn + cc;
+        if (row >= m || col >= n) return;
+        const T v0 = from_f32<T>(a0), v1 = from_f32<T>(a1);
+        T* dst = C + ((size_t)row * n + col);
+        if (pair) {
+            *reinterpret_cast<u32*>(dst) = (u32)v0.bits | ((u32)v1.bits << 16);
+        } else {
+            dst[0] = v0;
+            if (col + 1 < n) dst[1] = v1;
+        }
+    });
 }
 
 template <typename T>
@@ -177,30 +102,10 @@ __device__ __forceinline__ void gemm_tc_dispatch(const T* a, const T* b, T* c, u
 
 // ---- f32: SIMT ----------------------------------------------------------------------
 
-constexpr int FP_BK = 16;
-constexpr int FP_LD = 64 + 4;            // k-major rows of 64 m (or n) values, +16 B pad
-constexpr int FP_TILE = FP_BK * FP_LD;
-constexpr int FP_SMEM = 4 * FP_TILE;     // 2 operands × 2 stages (17 KB)
-
-// Four consecutive elements (along the contiguous dimension) at (gr, gc) of a
-// rlim×clim matrix with row pitch ld, zero outside; one float4 when aligned.
-__device__ __forceinline__ void load4(float (&v)[4], const float* __restrict__ g, u32 ld, u32 gr, u32 gc, u32 rlim,
-                                      u32 clim, bool vec) {
-    const u32 valid = (gr < rlim && gc < clim) ? clim - gc : 0u;
-    const float* src = g + ((size_t)gr * ld + gc);
-    if (vec && valid >= 4) {
-        const F4 t = *reinterpret_cast<const F4*>(src);
-        v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
-    } else {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = ((u32)j < valid) ? src[j] : 0.f;
-    }
-}
-
 template <bool TA, bool TB>
 __device__ __forceinline__ void gemm_simt(const float* __restrict__ a, const float* __restrict__ b,
                                           float* __restrict__ c, u32 m, u32 n, u32 k, u32 sa, u32 sb, float* smem) {
-    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int tid = threadIdx.x;
     const u32 bm = blockIdx.y * 64u, bn = blockIdx.x * 64u;
     const float* A = a + (size_t)blockIdx.z * sa;
     const float* B = b + (size_t)blockIdx.z * sb;
@@ -215,13 +120,13 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ a, const flo
     const int ar = TA ? (tid >> 4) : (tid >> 2), ac = TA ? (tid & 15) * 4 : (tid & 3) * 4;
     const int br = TB ? (tid >> 2) : (tid >> 4), bc = TB ? (tid & 3) * 4 : (tid & 15) * 4;
     float ra[4], rb[4];
-    auto load_regs = [&](u32 k0) {
+    auto issue = [&](u32 k0) {
         if (TA) load4(ra, A, m, k0 + ar, bm + ac, k, m, vecA);
         else load4(ra, A, k, bm + ar, k0 + ac, m, k, vecA);
         if (TB) load4(rb, B, k, bn + br, k0 + bc, n, k, vecB);
         else load4(rb, B, n, k0 + br, bn + bc, k, n, vecB);
     };
-    auto store_regs = [&](int st) {
+    auto land = [&](int st) {
         float* dA = sA + st * FP_TILE;
         float* dB = sB + st * FP_TILE;
         if (TA) *reinterpret_cast<F4*>(dA + ar * FP_LD + ac) = F4{ra[0], ra[1], ra[2], ra[3]};
@@ -235,44 +140,19 @@ __device__ __forceinline__ void gemm_simt(const float* __restrict__ a, const flo
         } else *reinterpret_cast<F4*>(dB + br * FP_LD + bc) = F4{rb[0], rb[1], rb[2], rb[3]};
     };
 
-    float acc[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-
     const u32 kt_n = k / FP_BK + (k % FP_BK != 0);
     if (kt_n > 0) {
-        load_regs(0);
-        store_regs(0);
+        issue(0u);
+        land(0);
     }
-    __syncthreads();
-    for (u32 kt = 0; kt < kt_n; ++kt) {
-        const int cur = kt & 1;
-        const bool more = kt + 1 < kt_n;
-        if (more) load_regs((kt + 1) * FP_BK);   // in flight during the math below
-        const float* tA = sA + cur * FP_TILE + ty * 4;
-        const float* tB = sB + cur * FP_TILE + tx * 4;
-#pragma unroll
-        for (int kk = 0; kk < FP_BK; ++kk) {
-            const F4 av = *reinterpret_cast<const F4*>(tA + kk * FP_LD);
-            const F4 bv = *reinterpret_cast<const F4*>(tB + kk * FP_LD);
-            const float ai[4] = {av.x, av.y, av.z, av.w}, bj[4] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(ai[i], bj[j], acc[i][j]);
-        }
-        // The other stage was last read before the previous barrier: safe to fill.
-        if (more) store_regs(cur ^ 1);
-        __syncthreads();
-    }
+    float acc[4][4];
+    simt_mainloop(acc, sA, sB, kt_n, issue, land);
 
-    const u32 col = bn + tx * 4;
+    const u32 col = bn + simt_col0();
     const bool vecC = (n % 4u == 0) && aligned16(C);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const u32 row = bm + ty * 4 + i;
+        const u32 row = bm + simt_row0() + i;
         if (row >= m || col >= n) continue;
         float* dst = C + ((size_t)row * n + col);
         if (vecC && n - col >= 4) {
