@@ -23,8 +23,15 @@ pub fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
 
 /// max |got − want| / max |want| (floored at 1e-6); infinities must match exactly.
 pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    rel_err_to(got, want, 0.0)
+}
+
+/// As `rel_err`, with the scale raised to at least `scale`: a sum is judged
+/// against Σ|x|, since its own value may be near zero after cancellation.
+pub fn rel_err_to(got: &[f32], want: &[f64], scale: f64) -> f64 {
     assert_eq!(got.len(), want.len(), "lengths differ");
-    let scale = want.iter().filter(|w| w.is_finite()).fold(0f64, |m, w| m.max(w.abs())).max(1e-6);
+    let largest = want.iter().filter(|w| w.is_finite()).fold(0f64, |m, w| m.max(w.abs()));
+    let scale = largest.max(scale).max(1e-6);
     let mut worst = 0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         if w.is_infinite() || g.is_infinite() {
@@ -39,7 +46,12 @@ pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
 
 /// Asserts `rel_err(got, want) <= tol`, naming the case.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    let e = rel_err(got, want);
+    assert_close_to(what, got, want, 0.0, tol);
+}
+
+/// Asserts `rel_err_to(got, want, scale) <= tol`, naming the case.
+pub fn assert_close_to(what: &str, got: &[f32], want: &[f64], scale: f64, tol: f64) {
+    let e = rel_err_to(got, want, scale);
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
 }
 
