@@ -365,23 +365,7 @@ fn conv64(
 #[test]
 fn conv2d_strides_padding_dilation_groups() {
     let mut r = rng("conv2d_strides_padding_dilation_groups");
-    let opt = |s, p, d, g| Conv2dOptions { stride: (s, s), padding: (p, p), dilation: (d, d), groups: g };
-    let cases = [
-        ([1, 1, 1, 1], [1, 1, 1, 1], opt(1, 0, 1, 1), true),
-        ([2, 3, 9, 7], [5, 3, 3, 3], opt(1, 1, 1, 1), true),
-        ([1, 4, 10, 11], [6, 4, 3, 3], opt(2, 1, 1, 1), false),
-        ([1, 3, 12, 12], [4, 3, 3, 3], opt(1, 2, 2, 1), true),
-        ([3, 4, 6, 5], [6, 2, 3, 3], opt(1, 1, 1, 2), true),
-        ([1, 8, 7, 9], [8, 1, 3, 3], opt(1, 1, 1, 8), false),
-        ([2, 16, 5, 5], [7, 16, 1, 1], opt(1, 0, 1, 1), true),
-        ([1, 3, 4, 4], [2, 3, 5, 5], opt(1, 1, 1, 1), true),
-        (
-            [1, 2, 8, 8],
-            [3, 2, 4, 2],
-            Conv2dOptions { stride: (2, 3), padding: (1, 0), dilation: (1, 2), groups: 1 },
-            true,
-        ),
-    ];
+    let cases = common::conv_cases();
     for (xd, wd, o, with_bias) in cases {
         let x = randn(&mut r, xd.iter().product());
         let w = randn(&mut r, wd.iter().product());
@@ -392,7 +376,9 @@ fn conv2d_strides_padding_dilation_groups() {
         assert_eq!(got.dims(), &yd[..], "conv2d {xd:?} {wd:?} {o:?}");
         assert_close(&format!("conv2d {xd:?} {wd:?} {o:?}"), &got.to_vec_f32().unwrap(), &want, TOL_MATMUL);
     }
-    assert!(t(&[1.0; 27], &[1, 3, 3, 3]).conv2d(&t(&[1.0; 16], &[1, 4, 2, 2]), None, opt(1, 0, 1, 1)).is_err());
+    assert!(t(&[1.0; 27], &[1, 3, 3, 3])
+        .conv2d(&t(&[1.0; 16], &[1, 4, 2, 2]), None, Conv2dOptions::default())
+        .is_err());
 }
 
 #[test]

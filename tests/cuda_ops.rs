@@ -275,26 +275,13 @@ fn layer_norm_and_group_norm() {
 fn conv2d() {
     let Some(dev) = gpu("conv2d") else { return };
     let mut r = rng("cuda conv2d");
-    let opt = |s, p, d, g| Conv2dOptions { stride: (s, s), padding: (p, p), dilation: (d, d), groups: g };
-    let cases = [
-        ([1, 1, 1, 1], [1, 1, 1, 1], opt(1, 0, 1, 1), true),
-        ([2, 3, 9, 7], [5, 3, 3, 3], opt(1, 1, 1, 1), true),
-        ([1, 4, 10, 11], [6, 4, 3, 3], opt(2, 1, 1, 1), false),
-        ([1, 3, 12, 12], [4, 3, 3, 3], opt(1, 2, 2, 1), true),
-        ([3, 4, 6, 5], [6, 2, 3, 3], opt(1, 1, 1, 2), true),
-        ([1, 8, 7, 9], [8, 1, 3, 3], opt(1, 1, 1, 8), false),
-        ([2, 16, 5, 5], [7, 16, 1, 1], opt(1, 0, 1, 1), true),
-        ([1, 64, 32, 32], [64, 64, 3, 3], opt(1, 1, 1, 1), true),
-        ([1, 3, 31, 33], [64, 3, 7, 7], opt(2, 3, 1, 1), false),
-        (
-            [1, 2, 8, 8],
-            [3, 2, 4, 2],
-            Conv2dOptions { stride: (2, 3), padding: (1, 0), dilation: (1, 2), groups: 1 },
-            true,
-        ),
-    ];
+    let opt = |s, p| Conv2dOptions { stride: (s, s), padding: (p, p), ..Default::default() };
+    // The shared cases, plus two big enough for several tiles per block dimension.
+    let mut cases = common::conv_cases();
+    cases.push(([1, 64, 32, 32], [64, 64, 3, 3], opt(1, 1), true));
+    cases.push(([1, 3, 31, 33], [64, 3, 7, 7], opt(2, 3), false));
     for dtype in DTYPES {
-        for (xd, wd, o, with_bias) in cases {
+        for &(xd, wd, o, with_bias) in &cases {
             let (cx, gx) = pair(&mut r, &xd, dtype, &dev, 1.0);
             let (cw, gw) = pair(&mut r, &wd, dtype, &dev, 1.0);
             let (cb, gb) = pair(&mut r, &[wd[0]], dtype, &dev, 1.0);

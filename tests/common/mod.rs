@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use foil::Rng;
+use foil::{Conv2dOptions, Rng};
 
 /// A generator for the test `name`: from FOIL_TEST_SEED when set, else from the
 /// clock, so every run sees fresh inputs. The seed is printed, and shown when a
@@ -62,4 +62,23 @@ pub fn strides(dims: &[usize]) -> Vec<usize> {
         s[d] = s[d + 1] * dims[d + 1];
     }
     s
+}
+
+/// Conv2d cases (input dims, weight dims, options, with bias): odd sizes, 1×1,
+/// stride 2, dilation 2, groups 2, depthwise, a kernel larger than the input,
+/// and unequal strides, padding and dilation per axis.
+pub fn conv_cases() -> Vec<([usize; 4], [usize; 4], Conv2dOptions, bool)> {
+    let opt = |s, p, d, g| Conv2dOptions { stride: (s, s), padding: (p, p), dilation: (d, d), groups: g };
+    let uneven = Conv2dOptions { stride: (2, 3), padding: (1, 0), dilation: (1, 2), groups: 1 };
+    vec![
+        ([1, 1, 1, 1], [1, 1, 1, 1], opt(1, 0, 1, 1), true),
+        ([2, 3, 9, 7], [5, 3, 3, 3], opt(1, 1, 1, 1), true),
+        ([1, 4, 10, 11], [6, 4, 3, 3], opt(2, 1, 1, 1), false),
+        ([1, 3, 12, 12], [4, 3, 3, 3], opt(1, 2, 2, 1), true),
+        ([3, 4, 6, 5], [6, 2, 3, 3], opt(1, 1, 1, 2), true),
+        ([1, 8, 7, 9], [8, 1, 3, 3], opt(1, 1, 1, 8), false),
+        ([2, 16, 5, 5], [7, 16, 1, 1], opt(1, 0, 1, 1), true),
+        ([1, 3, 4, 4], [2, 3, 5, 5], opt(1, 1, 1, 1), true),
+        ([1, 2, 8, 8], [3, 2, 4, 2], uneven, true),
+    ]
 }
