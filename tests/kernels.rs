@@ -9,24 +9,82 @@ use foil::device::cuda::kernels::{compile_nvrtc, nvrtc_available, FAMILIES, PTX_
 const FLOATS: [&str; 3] = ["f32", "f16", "bf16"];
 const WIDTHS: [&str; 2] = ["b16", "b32"];
 
-/// The entry points of each family, as kernels/README.md lists them.
-fn expected() -> Vec<(&'static str, Vec<String>)> {
-    let per = |ops: &[&str], suffixes: &[&str]| -> Vec<String> {
-        ops.iter().flat_map(|op| suffixes.iter().map(move |s| format!("{op}_{s}"))).collect()
+/// Bytes of each kernel parameter: a device pointer, a u32/i32/f32 scalar, and
+/// the by-value structs of kernels/common.cuh (their Rust mirrors in
+/// src/device/cuda/args.rs assert the same sizes).
+const PTR: usize = 8;
+const U32: usize = 4;
+const BROADCAST_ARGS: usize = 76;
+const STRIDED_ARGS: usize = 52;
+const CONV2D_ARGS: usize = 68;
+const ATTENTION_ARGS: usize = 48;
+
+/// An entry point and the byte size of each of its parameters, in order.
+type Entry = (String, Vec<usize>);
+
+/// The entry points of each family with their parameters, as kernels/README.md
+/// lists them and the launchers in src/device/cuda/storage.rs pass them.
+fn expected() -> Vec<(&'static str, Vec<Entry>)> {
+    let per = |ops: &[(&str, &[usize])], suffixes: &[&str]| -> Vec<Entry> {
+        ops.iter().flat_map(|(op, p)| suffixes.iter().map(move |s| (format!("{op}_{s}"), p.to_vec()))).collect()
     };
     let all = ["f32", "f16", "bf16", "u32"];
-    let casts = all.iter().flat_map(|s| all.iter().filter(move |d| *d != s).map(move |d| format!("cast_{s}_{d}")));
-    let attention =
-        FLOATS.iter().flat_map(|t| ["d64", "d128", "d256"].into_iter().map(move |d| format!("attention_{t}_{d}")));
+    let casts = all
+        .iter()
+        .flat_map(|s| all.iter().filter(move |d| *d != s).map(move |d| (format!("cast_{s}_{d}"), vec![PTR, PTR, U32])));
+    let attention = FLOATS
+        .iter()
+        .flat_map(|t| ["d64", "d128", "d256"].into_iter().map(move |d| (format!("attention_{t}_{d}"), vec![PTR; 5])));
+    let attention = attention.map(|(name, mut p)| {
+        p.push(ATTENTION_ARGS);
+        (name, p)
+    });
+    let elementwise = [
+        ("unary", &[PTR, PTR, U32, U32][..]),
+        ("scale", &[PTR, PTR, U32, U32]),
+        ("binary", &[PTR, PTR, PTR, U32, U32, BROADCAST_ARGS]),
+    ];
+    let reduce = [
+        ("reduce", &[PTR, PTR, U32, U32, U32, U32][..]),
+        ("argmax", &[PTR, PTR, U32, U32, U32]),
+        ("softmax", &[PTR, PTR, U32, U32, U32]),
+    ];
+    let norm = [
+        ("layer_norm", &[PTR, PTR, PTR, PTR, U32, U32, U32][..]),
+        ("group_norm", &[PTR, PTR, PTR, PTR, U32, U32, U32, U32, U32]),
+    ];
+    let layout = [
+        ("copy_strided", &[PTR, PTR, U32, STRIDED_ARGS][..]),
+        ("copy2d", &[PTR, PTR, U32, U32, U32, U32, U32, U32]),
+        ("upsample_nearest2x", &[PTR, PTR, U32, U32, U32]),
+        ("embedding", &[PTR, PTR, PTR, U32, U32, U32]),
+    ];
     vec![
-        ("elementwise", per(&["unary", "scale", "binary"], &FLOATS).into_iter().chain(casts).collect()),
-        ("reduce", per(&["reduce", "argmax", "softmax"], &FLOATS)),
-        ("norm", per(&["layer_norm", "group_norm"], &FLOATS)),
-        ("layout", per(&["copy_strided", "copy2d", "upsample_nearest2x", "embedding"], &WIDTHS)),
-        ("gemm", per(&["matmul"], &FLOATS)),
-        ("conv", per(&["conv2d"], &FLOATS)),
+        ("elementwise", per(&elementwise, &FLOATS).into_iter().chain(casts).collect()),
+        ("reduce", per(&reduce, &FLOATS)),
+        ("norm", per(&norm, &FLOATS)),
+        ("layout", per(&layout, &WIDTHS)),
+        ("gemm", per(&[("matmul", &[PTR, PTR, PTR, U32, U32, U32, U32, U32, U32, U32])], &FLOATS)),
+        ("conv", per(&[("conv2d", &[PTR, PTR, PTR, PTR, CONV2D_ARGS])], &FLOATS)),
         ("attention", attention.collect()),
     ]
+}
+
+/// The byte sizes of the parameters of `.entry name(...)` in `ptx`, or None
+/// when the entry is missing.
+fn ptx_params(ptx: &str, name: &str) -> Option<Vec<usize>> {
+    let start = ptx.find(&format!(".entry {name}("))?;
+    let list = &ptx[start..start + ptx[start..].find(')')?];
+    let sizes = list
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(".param "))
+        .map(|p| match p.split_once('[') {
+            Some((_, n)) => n.trim_end_matches([']', ',']).parse().expect("array size"),
+            None if p.starts_with(".u64") || p.starts_with(".b64") || p.starts_with(".s64") => 8,
+            None => 4,
+        })
+        .collect();
+    Some(sizes)
 }
 
 fn skip(test: &str, reason: &str) {
@@ -34,9 +92,10 @@ fn skip(test: &str, reason: &str) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-fn assert_entries(family: &str, origin: &str, ptx: &str, names: &[String]) {
-    for name in names {
-        assert!(ptx.contains(&format!(".entry {name}(")), "{family} ({origin}) does not export {name}");
+fn assert_entries(family: &str, origin: &str, ptx: &str, entries: &[Entry]) {
+    for (name, params) in entries {
+        let got = ptx_params(ptx, name).unwrap_or_else(|| panic!("{family} ({origin}) does not export {name}"));
+        assert_eq!(&got, params, "{family} ({origin}): parameter sizes of {name} differ from the ABI");
     }
 }
 

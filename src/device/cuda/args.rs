@@ -150,3 +150,18 @@ impl AttentionArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sizes of the C structs in kernels/common.cuh, which tests/kernels.rs
+    /// also checks against the compiled PTX.
+    #[test]
+    fn layouts_match_the_c_structs() {
+        assert_eq!(std::mem::size_of::<BroadcastArgs>(), 76);
+        assert_eq!(std::mem::size_of::<StridedArgs>(), 52);
+        assert_eq!(std::mem::size_of::<Conv2dArgs>(), 68);
+        assert_eq!(std::mem::size_of::<AttentionArgs>(), 48);
+    }
+}
