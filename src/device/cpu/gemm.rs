@@ -374,7 +374,7 @@ fn kernel() -> Kernel {
     static KERNEL: OnceLock<Kernel> = OnceLock::new();
     *KERNEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if super::has_avx2_fma() {
             return avx2::kernel_6x16;
         }
         kernel_portable

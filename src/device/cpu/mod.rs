@@ -22,8 +22,6 @@ use super::contract::*;
 use super::{DType, HostData};
 use crate::error::{Error, Result};
 
-/// Below this many elements an elementwise op runs on one thread: rayon's
-/// fork-join costs more than it saves.
 /// Whether the AVX2 + FMA builds of the hot loops can run here (std caches the CPUID probe).
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -41,6 +39,8 @@ pub fn simd_description() -> &'static str {
     }
 }
 
+/// Below this many elements an elementwise op runs on one thread: rayon's
+/// fork-join costs more than it saves.
 pub(crate) const PAR_MIN: usize = 1 << 14;
 
 #[derive(Clone, Debug, PartialEq)]
