@@ -32,12 +32,9 @@ fn expected() -> Vec<(&'static str, Vec<Entry>)> {
     let casts = all
         .iter()
         .flat_map(|s| all.iter().filter(move |d| *d != s).map(move |d| (format!("cast_{s}_{d}"), vec![PTR, PTR, U32])));
-    let attention = FLOATS
-        .iter()
-        .flat_map(|t| ["d64", "d128", "d256"].into_iter().map(move |d| (format!("attention_{t}_{d}"), vec![PTR; 5])));
-    let attention = attention.map(|(name, mut p)| {
-        p.push(ATTENTION_ARGS);
-        (name, p)
+    let attention = FLOATS.iter().flat_map(|t| {
+        let params = vec![PTR, PTR, PTR, PTR, PTR, ATTENTION_ARGS];
+        ["d64", "d128", "d256"].into_iter().map(move |d| (format!("attention_{t}_{d}"), params.clone()))
     });
     let elementwise = [
         ("unary", &[PTR, PTR, U32, U32][..]),
