@@ -33,6 +33,11 @@ pub fn main() -> ExitCode {
             print!("{e}");
             return ExitCode::SUCCESS;
         }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // clap would print the whole help; its first line is the about text, not an error.
+            eprintln!("foil: error: no command given (see `foil --help`)");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             // clap's own message spans several lines (tips, usage); keep its first.
             let text = e.to_string();
