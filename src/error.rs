@@ -19,11 +19,19 @@ pub enum Error {
     /// A request that makes no sense, e.g. an unknown device name.
     #[error("{0}")]
     Usage(String),
+    /// A file that cannot be used (a checkpoint, a config, an image): names the
+    /// file and what is wrong with it (the tensor, the key, the byte offset).
+    #[error("{file}: {detail}")]
+    File { file: String, detail: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn file_err<T>(file: &std::path::Path, detail: impl Into<String>) -> Result<T> {
+    Err(Error::File { file: file.display().to_string(), detail: detail.into() })
+}
 
 pub(crate) fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> Result<T> {
     Err(Error::Shape { op, detail: detail.into() })
