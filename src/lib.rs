@@ -3,10 +3,15 @@
 //! and tensors whose every op dispatches to one or the other.
 //!
 //! Layers, lowest first (a layer never imports a higher one): `device` (the
-//! backend contract, `cpu`, `cuda`), `tensor` (shapes, dtypes, ops).
+//! backend contract, `cpu`, `cuda`), `tensor` (shapes, dtypes, ops, safetensors
+//! and PNG files), `nn` (layers and the weight loader), `models` (CLIP, UNet,
+//! VAE, ResNet under their public names), `diffusion` (schedulers, pipelines).
 
 pub mod device;
+pub mod diffusion;
 pub mod error;
+pub mod models;
+pub mod nn;
 pub mod tensor;
 
 pub use device::{DType, Device};
