@@ -9,6 +9,7 @@ mod linalg;
 mod nn;
 pub mod random;
 mod reduce;
+pub mod safetensors;
 mod shape;
 
 use std::sync::Arc;

@@ -1,0 +1,210 @@
+//! The weight loader: tensors of one or more safetensors files looked up by
+//! their public names under a prefix (`down_blocks.0.resnets.1`), converted to
+//! the compute dtype on the compute device, with every name a model asks for
+//! recorded so that the tensors it never asked for can be reported.
+
+use std::collections::BTreeSet;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::device::{DType, Device};
+use crate::error::{Error, Result};
+use crate::tensor::safetensors::SafetensorsFile;
+use crate::tensor::Tensor;
+
+struct Shared {
+    files: Vec<SafetensorsFile>,
+    dtype: DType,
+    device: Device,
+    used: Mutex<BTreeSet<String>>,
+}
+
+/// A view of a checkpoint under a name prefix; clones share the checkpoint.
+#[derive(Clone)]
+pub struct Weights {
+    shared: Arc<Shared>,
+    prefix: String,
+}
+
+impl Weights {
+    /// The tensors of `paths` (the shards of one checkpoint), to be loaded as
+    /// `dtype` on `device`. A name present in two shards is an error.
+    pub fn open(paths: &[PathBuf], dtype: DType, device: &Device) -> Result<Weights> {
+        let files = paths.iter().map(SafetensorsFile::open).collect::<Result<Vec<_>>>()?;
+        let mut seen = BTreeSet::new();
+        for file in &files {
+            for name in file.names() {
+                if !seen.insert(name.clone()) {
+                    return Err(file_error(file.path(), format!("tensor '{name}' is also in another shard")));
+                }
+            }
+        }
+        let shared = Shared { files, dtype, device: device.clone(), used: Mutex::new(BTreeSet::new()) };
+        Ok(Weights { shared: Arc::new(shared), prefix: String::new() })
+    }
+
+    /// The weights of a diffusers or transformers component folder: its
+    /// `*.safetensors` files (one, or the shards of a sharded checkpoint).
+    pub fn open_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Weights> {
+        let listing = std::fs::read_dir(dir).map_err(|e| file_error(dir, e.to_string()))?;
+        let mut paths: Vec<PathBuf> = listing
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        if paths.is_empty() {
+            return Err(file_error(dir, "no .safetensors file in this folder".into()));
+        }
+        paths.sort();
+        // A folder may hold the same weights twice (f32 and a `.fp16` variant); take the plain one.
+        if paths.len() > 1 {
+            let plain: Vec<PathBuf> = paths.iter().filter(|p| !is_variant(p)).cloned().collect();
+            if !plain.is_empty() {
+                paths = plain;
+            }
+        }
+        Weights::open(&paths, dtype, device)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.shared.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.shared.device
+    }
+
+    /// The view under `self.prefix + "." + name`.
+    pub fn pp(&self, name: impl Display) -> Weights {
+        Weights { shared: self.shared.clone(), prefix: self.full(&name.to_string()) }
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    fn find(&self, full: &str) -> Option<&SafetensorsFile> {
+        self.shared.files.iter().find(|f| f.contains(full))
+    }
+
+    fn first_file(&self) -> &Path {
+        self.shared.files[0].path()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.find(&self.full(name)).is_some()
+    }
+
+    /// The stored shape of `name`, for sizes a model reads from its weights.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        let full = self.full(name);
+        match self.find(&full) {
+            Some(f) => Ok(f.shape(&full).unwrap_or_default().to_vec()),
+            None => Err(file_error(self.first_file(), format!("missing tensor '{full}'"))),
+        }
+    }
+
+    /// The tensor `name`, which must have shape `dims`.
+    pub fn get(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
+        let full = self.full(name);
+        let Some(file) = self.find(&full) else {
+            return Err(file_error(self.first_file(), format!("missing tensor '{full}' (expected shape {dims:?})")));
+        };
+        let stored = file.shape(&full).unwrap_or_default();
+        if stored != dims {
+            return Err(file_error(file.path(), format!("tensor '{full}' has shape {stored:?}, expected {dims:?}")));
+        }
+        self.load(file, &full)
+    }
+
+    /// The tensor `name` at whatever shape it is stored.
+    pub fn get_any(&self, name: &str) -> Result<Tensor> {
+        let full = self.full(name);
+        match self.find(&full) {
+            Some(file) => self.load(file, &full),
+            None => Err(file_error(self.first_file(), format!("missing tensor '{full}'"))),
+        }
+    }
+
+    fn load(&self, file: &SafetensorsFile, full: &str) -> Result<Tensor> {
+        let t = file.load(full, self.shared.dtype, &self.shared.device)?;
+        self.mark_used(full);
+        Ok(t)
+    }
+
+    /// Records tensors a model reads on purpose without loading (buffers such
+    /// as BatchNorm's `num_batches_tracked` or CLIP's `position_ids`).
+    pub fn ignore(&self, name: &str) {
+        let full = self.full(name);
+        self.mark_used(&full);
+    }
+
+    fn mark_used(&self, full: &str) {
+        self.shared.used.lock().unwrap_or_else(|p| p.into_inner()).insert(full.to_string());
+    }
+
+    /// An error naming the tensors under this view's prefix that no layer used:
+    /// a checkpoint for another architecture or another configuration.
+    pub fn check_all_used(&self) -> Result<()> {
+        let used = self.shared.used.lock().unwrap_or_else(|p| p.into_inner());
+        for file in &self.shared.files {
+            let unused: Vec<String> = file
+                .names()
+                .into_iter()
+                .filter(|n| self.prefix.is_empty() || n.starts_with(&format!("{}.", self.prefix)))
+                .filter(|n| !used.contains(n))
+                .collect();
+            if let Some(first) = unused.first() {
+                let more = if unused.len() > 1 { format!(" and {} more", unused.len() - 1) } else { String::new() };
+                return Err(file_error(
+                    file.path(),
+                    format!("unexpected tensor '{first}'{more} (not used by the model)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_variant(path: &Path) -> bool {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    [".fp16", ".bf16", ".fp32", ".non_ema", ".ema"].iter().any(|v| stem.ends_with(v))
+}
+
+fn file_error(path: &Path, detail: String) -> Error {
+    Error::File { file: path.display().to_string(), detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::safetensors::save;
+
+    #[test]
+    fn prefixes_shapes_and_unused_tensors() {
+        let dev = Device::Cpu;
+        let dir = std::env::temp_dir().join(format!("foil-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let w = Tensor::from_f32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3], &dev).unwrap();
+        let b = Tensor::from_f32(vec![0.5, -0.5], [2], &dev).unwrap();
+        save(&path, &[("block.0.proj.weight", &w), ("block.0.proj.bias", &b), ("extra", &b)]).unwrap();
+        let ws = Weights::open_dir(&dir, DType::F32, &dev).unwrap();
+        let proj = ws.pp("block").pp(0).pp("proj");
+        assert_eq!(proj.shape("weight").unwrap(), [2, 3]);
+        let e = proj.get("weight", &[3, 2]).unwrap_err().to_string();
+        assert!(e.contains("block.0.proj.weight") && e.contains("[2, 3]") && e.contains("m.safetensors"), "{e}");
+        assert!(proj.get("gamma", &[2]).unwrap_err().to_string().contains("missing tensor 'block.0.proj.gamma'"));
+        proj.get("weight", &[2, 3]).unwrap();
+        proj.get("bias", &[2]).unwrap();
+        ws.pp("block").check_all_used().unwrap();
+        let e = ws.check_all_used().unwrap_err().to_string();
+        assert!(e.contains("unexpected tensor 'extra'"), "{e}");
+        ws.ignore("extra");
+        ws.check_all_used().unwrap();
+    }
+}
