@@ -4,6 +4,7 @@
 //! cheap to clone: ops return new tensors, reshapes share storage.
 
 mod elementwise;
+pub mod image;
 mod layout;
 mod linalg;
 mod nn;
