@@ -45,8 +45,8 @@ impl Attention {
     /// context_dim), or over itself when `context` is None.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let context = context.unwrap_or(x);
-        let (n, len) = (x.dims()[0], x.dims()[1]);
         let q = self.split_heads(&self.to_q.forward(x)?)?;
+        let (n, len) = (q.dims()[0], q.dims()[2]);
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         let o = q.attention(&k, &v, None, false, None)?;

@@ -95,14 +95,16 @@ impl JsonConfig {
         let want = format!("an integer or a list of {blocks} integers");
         match self.value(key) {
             None => Ok(None),
-            Some(v) if v.is_u64() => Ok(Some(vec![v.as_u64().unwrap_or_default() as usize; blocks])),
             Some(Value::Array(items)) if items.len() == blocks => {
                 match items.iter().map(|v| v.as_u64().map(|n| n as usize)).collect() {
                     Some(list) => Ok(Some(list)),
                     None => self.wrong(key, &want),
                 }
             }
-            Some(_) => self.wrong(key, &want),
+            Some(v) => match v.as_u64() {
+                Some(n) => Ok(Some(vec![n as usize; blocks])),
+                None => self.wrong(key, &want),
+            },
         }
     }
 

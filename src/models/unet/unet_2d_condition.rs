@@ -54,15 +54,14 @@ impl UNet2DConditionModel {
             temb_channels: Some(c.time_embed_dim),
             output_scale_factor: 1.0,
         };
-        let transformer = |kind: BlockKind, level: usize| {
-            (kind == BlockKind::CrossAttention).then(|| TransformerOptions {
-                heads: levels[level].heads,
-                layers: levels[level].transformer_layers,
-                cross_attention_dim: levels[level].cross_attention_dim,
-                groups: c.norm_num_groups,
-                use_linear_projection: c.use_linear_projection,
-            })
+        let options = |level: usize| TransformerOptions {
+            heads: levels[level].heads,
+            layers: levels[level].transformer_layers,
+            cross_attention_dim: levels[level].cross_attention_dim,
+            groups: c.norm_num_groups,
+            use_linear_projection: c.use_linear_projection,
         };
+        let transformer = |kind: BlockKind, level: usize| (kind == BlockKind::CrossAttention).then(|| options(level));
 
         let mut down_blocks = Vec::with_capacity(n);
         for (i, &kind) in c.down_kinds.iter().enumerate() {
@@ -84,8 +83,7 @@ impl UNet2DConditionModel {
         let mid_block = if c.mid_block {
             let mid_resnet = ResnetOptions { output_scale_factor: c.mid_block_scale_factor, ..resnet };
             let top = levels[n - 1].channels;
-            let opt = transformer(BlockKind::CrossAttention, n - 1).expect("a cross-attention kind gives options");
-            Some(UNetMidBlock2DCrossAttn::load(&w.pp("mid_block"), top, mid_resnet, opt)?)
+            Some(UNetMidBlock2DCrossAttn::load(&w.pp("mid_block"), top, mid_resnet, options(n - 1))?)
         } else {
             None
         };
