@@ -6,18 +6,20 @@
 //!
 //! A tokenizer folder is either the SD 1.x/2.x layout (vocab.json + merges.txt) or a tokenizer.json, with
 //! tokenizer_config.json (and special_tokens_map.json) for the special tokens and the length. Both become
-//! the pipeline of transformers' CLIPConverter, with the three things in which the slow tokenizer differs
-//! from that converted pipeline done the slow way: a capital sigma lowercases to the final form at the end
-//! of a word (Python's `str.lower`), the split pattern behaves as compiled with IGNORECASE ("'ſ" is a
-//! contraction, U+0345 belongs to no piece), and the byte-level step does not split the pieces again with
-//! GPT-2's pattern (which would undo the "'ſ" contraction). A tokenizer.json gives the BPE model and its added tokens;
-//! its own pipeline is replaced, as the slow tokenizer ignores it too.
+//! the pipeline of transformers' CLIPConverter, with the things in which the slow tokenizer differs from
+//! that converted pipeline done the slow way: a capital sigma lowercases to the final form at the end of a
+//! word (Python's `str.lower`); the split pattern behaves as compiled with IGNORECASE ("'ſ" is a
+//! contraction, U+0345 belongs to no piece); the byte-level step does not split the pieces again with
+//! GPT-2's pattern (which would undo the "'ſ" contraction); special tokens are found in the raw text, and
+//! CLIP's two markers also in the lowercased text. A tokenizer.json gives the BPE model and its added
+//! tokens; its own pipeline is replaced, as the slow tokenizer ignores it too.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::replace::ReplacePattern;
 use tokenizers::normalizers::{Replace, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -146,9 +148,7 @@ struct ClipNormalizer {
 
 impl ClipNormalizer {
     fn new() -> tokenizers::Result<ClipNormalizer> {
-        Ok(ClipNormalizer {
-            whitespace: Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")?,
-        })
+        Ok(ClipNormalizer { whitespace: Replace::new(ReplacePattern::Regex(r"\s+".into()), " ")? })
     }
 }
 
@@ -181,7 +181,8 @@ fn lowercase_with_final_sigma(normalized: &mut NormalizedString) {
 /// CLIP's pieces (whitespace dropped), each then mapped to byte-level characters without further splitting.
 fn clip_pre_tokenizer() -> tokenizers::Result<PreTokenizerWrapper> {
     let split = Split::new(SplitPattern::Regex(SPLIT_PATTERN.into()), SplitDelimiterBehavior::Removed, true)?;
-    let byte_level = ByteLevel::new(false, false, false);
+    let (add_prefix_space, trim_offsets, use_regex) = (false, false, false);
+    let byte_level = ByteLevel::new(add_prefix_space, trim_offsets, use_regex);
     Ok(PreTokenizerWrapper::Sequence(Sequence::new(vec![split.into(), byte_level.into()])))
 }
 
