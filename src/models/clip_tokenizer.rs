@@ -1,1 +1,331 @@
-//! (to be written)
+//! The CLIP tokenizer of Stable Diffusion: byte-level BPE over CLIP's vocabulary, giving exactly the ids of
+//! transformers' slow `CLIPTokenizer` (the one diffusers' pipelines load) called with
+//! `padding="max_length", max_length=model_max_length, truncation=True`, except where that tokenizer first
+//! runs ftfy's text fixing (mojibake, curly quotes, HTML entities, control characters, ligatures, full-width
+//! letters), which is not reproduced here.
+//!
+//! A tokenizer folder is either the SD 1.x/2.x layout (vocab.json + merges.txt) or a tokenizer.json, with
+//! tokenizer_config.json (and special_tokens_map.json) for the special tokens and the length. Both become
+//! the pipeline of transformers' CLIPConverter, with the things in which the slow tokenizer differs from
+//! that converted pipeline done the slow way: a capital sigma lowercases to the final form at the end of a
+//! word (Python's `str.lower`); the split pattern behaves as compiled with IGNORECASE ("'ſ" is a
+//! contraction, U+0345 belongs to no piece); the byte-level step does not split the pieces again with
+//! GPT-2's pattern (which would undo the "'ſ" contraction); special tokens are found in the raw text, and
+//! CLIP's two markers also in the lowercased text. A tokenizer.json gives the BPE model and its added
+//! tokens; its own pipeline is replaced, as the slow tokenizer ignores it too.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::replace::ReplacePattern;
+use tokenizers::normalizers::{Replace, NFC};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::{
+    AddedToken, ModelWrapper, NormalizedString, Normalizer, SplitDelimiterBehavior, Tokenizer, TokenizerImpl,
+};
+
+use crate::error::{file_err, Error, Result};
+
+/// CLIP's start and end markers. The slow tokenizer's pattern finds them in the lowercased text as well as
+/// in the raw text, so they are matched after normalization; other special tokens only in the raw text.
+const START_OF_TEXT: &str = "<|startoftext|>";
+const END_OF_TEXT: &str = "<|endoftext|>";
+/// transformers' CLIPTokenizer pattern as Python's regex module runs it with IGNORECASE: the contractions
+/// match in any case ("'ſ" is "'s"), and U+0345, whose case partner ι is a letter, is in no piece. Those
+/// are the only two effects of the flag on this pattern (checked over all code points).
+const SPLIT_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}\x{345}]+";
+const END_OF_WORD_SUFFIX: &str = "</w>";
+/// The slow tokenizer reads at most this many merges from merges.txt (the original CLIP file holds more).
+const MAX_MERGES: usize = 49152 - 256 - 2;
+/// The length Stable Diffusion's text encoders take, used when tokenizer_config.json gives none.
+const DEFAULT_MAX_LEN: usize = 77;
+
+type Pipeline = TokenizerImpl<ModelWrapper, ClipNormalizer, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+
+#[derive(Debug, Clone)]
+pub struct ClipTokenizer {
+    pipeline: Pipeline,
+    max_len: usize,
+    bos_id: u32,
+    eos_id: u32,
+    pad_id: u32,
+}
+
+impl ClipTokenizer {
+    /// Loads a tokenizer folder: dir/tokenizer.json when present, otherwise dir/vocab.json + dir/merges.txt;
+    /// the special tokens and the length come from dir/tokenizer_config.json and dir/special_tokens_map.json.
+    pub fn from_dir(dir: &Path) -> Result<ClipTokenizer> {
+        if !dir.is_dir() {
+            return file_err(dir, "no such tokenizer folder");
+        }
+        let config = Config::from_dir(dir)?;
+        let tokenizer_json = dir.join("tokenizer.json");
+        let (model, mut added) = if tokenizer_json.is_file() {
+            model_from_tokenizer_json(&tokenizer_json)?
+        } else {
+            (model_from_vocab_and_merges(dir, &config.unk)?, Vec::new())
+        };
+        for token in [&config.bos, &config.eos, &config.unk, &config.pad] {
+            if !added.iter().any(|t| &t.content == token) {
+                added.push(AddedToken::from(token.clone(), true));
+            }
+        }
+
+        let mut pipeline = Pipeline::new(model);
+        pipeline.with_normalizer(Some(ClipNormalizer::new().map_err(|e| Error::Usage(e.to_string()))?));
+        pipeline.with_pre_tokenizer(Some(clip_pre_tokenizer().map_err(|e| Error::Usage(e.to_string()))?));
+        let added: Vec<AddedToken> = added
+            .into_iter()
+            .map(|token| {
+                let normalized = token.content == START_OF_TEXT || token.content == END_OF_TEXT;
+                token.normalized(normalized)
+            })
+            .collect();
+        pipeline.add_tokens(&added);
+
+        let id = |token: &str| {
+            pipeline
+                .token_to_id(token)
+                .ok_or_else(|| Error::File { file: config.source.clone(), detail: format!("no id for {token:?}") })
+        };
+        let (bos_id, eos_id, pad_id) = (id(&config.bos)?, id(&config.eos)?, id(&config.pad)?);
+        Ok(ClipTokenizer { pipeline, max_len: config.max_len, bos_id, eos_id, pad_id })
+    }
+
+    /// The ids of `text`: the start token, at most `max_len - 2` tokens of the text, the end token, then the
+    /// pad id up to `max_len`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.pipeline.encode(text, false).map_err(|e| Error::Usage(format!("tokenizing: {e}")))?;
+        Ok(self.frame(encoding.get_ids()))
+    }
+
+    /// [`ClipTokenizer::encode`] for every text, in parallel.
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let encodings =
+            self.pipeline.encode_batch(texts.to_vec(), false).map_err(|e| Error::Usage(format!("tokenizing: {e}")))?;
+        Ok(encodings.iter().map(|e| self.frame(e.get_ids())).collect())
+    }
+
+    /// The length of every encoded sequence (the text encoder's number of positions).
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    pub fn bos_id(&self) -> u32 {
+        self.bos_id
+    }
+
+    fn frame(&self, ids: &[u32]) -> Vec<u32> {
+        let kept = ids.len().min(self.max_len - 2);
+        let mut framed = Vec::with_capacity(self.max_len);
+        framed.push(self.bos_id);
+        framed.extend_from_slice(&ids[..kept]);
+        framed.push(self.eos_id);
+        framed.resize(self.max_len, self.pad_id);
+        framed
+    }
+}
+
+/// NFC, runs of whitespace to one space, then lowercase as Python's `str.lower` does it.
+#[derive(Debug, Clone)]
+struct ClipNormalizer {
+    whitespace: Replace,
+}
+
+impl ClipNormalizer {
+    fn new() -> tokenizers::Result<ClipNormalizer> {
+        Ok(ClipNormalizer { whitespace: Replace::new(ReplacePattern::Regex(r"\s+".into()), " ")? })
+    }
+}
+
+impl Normalizer for ClipNormalizer {
+    fn normalize(&self, normalized: &mut NormalizedString) -> tokenizers::Result<()> {
+        NFC.normalize(normalized)?;
+        self.whitespace.normalize(normalized)?;
+        lowercase_with_final_sigma(normalized);
+        Ok(())
+    }
+}
+
+/// Lowercases char by char (keeping the alignments) but takes the chars from `str::to_lowercase`, which
+/// writes a capital sigma at the end of a word as 'ς' as Python does, where `char::to_lowercase` (and the
+/// tokenizers crate's Lowercase) always writes 'σ'. Both map every other char alike, so the chars of the
+/// whole-string lowercase line up with each char's own lowercase.
+fn lowercase_with_final_sigma(normalized: &mut NormalizedString) {
+    let text = normalized.get();
+    let lowered = text.to_lowercase();
+    let mut lowered = lowered.chars();
+    let mut changes = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        for (i, own) in c.to_lowercase().enumerate() {
+            changes.push((lowered.next().unwrap_or(own), isize::from(i > 0)));
+        }
+    }
+    normalized.transform(changes, 0);
+}
+
+/// CLIP's pieces (whitespace dropped), each then mapped to byte-level characters without further splitting.
+fn clip_pre_tokenizer() -> tokenizers::Result<PreTokenizerWrapper> {
+    let split = Split::new(SplitPattern::Regex(SPLIT_PATTERN.into()), SplitDelimiterBehavior::Removed, true)?;
+    let (add_prefix_space, trim_offsets, use_regex) = (false, false, false);
+    let byte_level = ByteLevel::new(add_prefix_space, trim_offsets, use_regex);
+    Ok(PreTokenizerWrapper::Sequence(Sequence::new(vec![split.into(), byte_level.into()])))
+}
+
+/// The BPE model and the added tokens of a tokenizer.json, which must hold CLIP's kind of BPE.
+fn model_from_tokenizer_json(path: &Path) -> Result<(ModelWrapper, Vec<AddedToken>)> {
+    let tokenizer = Tokenizer::from_file(path).or_else(|e| file_err(path, e.to_string()))?;
+    let model = tokenizer.get_model().clone();
+    match &model {
+        ModelWrapper::BPE(bpe) if bpe.end_of_word_suffix.as_deref() == Some(END_OF_WORD_SUFFIX) => {}
+        ModelWrapper::BPE(_) => {
+            return file_err(
+                path,
+                format!("the BPE model's end_of_word_suffix is not {END_OF_WORD_SUFFIX:?}: not CLIP's tokenizer"),
+            )
+        }
+        _ => return file_err(path, "the model is not BPE: not CLIP's tokenizer"),
+    }
+    let mut added: Vec<(u32, AddedToken)> = tokenizer.get_added_tokens_decoder().into_iter().collect();
+    added.sort_by_key(|(id, _)| *id);
+    Ok((model, added.into_iter().map(|(_, token)| token).collect()))
+}
+
+/// The SD 1.x/2.x layout: vocab.json (token to id) and merges.txt (a "#version" line, then one merge a line).
+fn model_from_vocab_and_merges(dir: &Path, unk: &str) -> Result<ModelWrapper> {
+    let vocab_path = dir.join("vocab.json");
+    let merges_path = dir.join("merges.txt");
+    if !vocab_path.is_file() {
+        return file_err(
+            &vocab_path,
+            "not found (a tokenizer folder needs tokenizer.json, or vocab.json and merges.txt)",
+        );
+    }
+    let vocab_json = read_json(&vocab_path)?;
+    let Value::Object(entries) = vocab_json else {
+        return file_err(&vocab_path, "not a JSON object of token to id");
+    };
+    let mut vocab = Vocab::with_capacity(entries.len());
+    for (token, id) in entries {
+        let Some(id) = id.as_u64().and_then(|id| u32::try_from(id).ok()) else {
+            return file_err(&vocab_path, format!("the id of {token:?} is {id}, not a token id"));
+        };
+        vocab.insert(token, id);
+    }
+
+    let merges_text = read_text(&merges_path)?;
+    let mut merges = Vec::new();
+    for (n, line) in merges_text.trim_end().lines().enumerate() {
+        if n == 0 && line.starts_with("#version") {
+            continue;
+        }
+        let Some((first, second)) = line.split_once(' ').filter(|(_, second)| !second.contains(' ')) else {
+            return file_err(&merges_path, format!("line {}: {line:?} is not a merge (two tokens and a space)", n + 1));
+        };
+        merges.push((first.to_string(), second.to_string()));
+        if merges.len() == MAX_MERGES {
+            break;
+        }
+    }
+
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unk.to_string())
+        .end_of_word_suffix(END_OF_WORD_SUFFIX.to_string())
+        .build()
+        .or_else(|e| file_err(&merges_path, format!("does not fit vocab.json: {e}")))?;
+    Ok(ModelWrapper::BPE(bpe))
+}
+
+/// The special tokens and the length, as transformers reads them: tokenizer_config.json, then
+/// special_tokens_map.json over it; the slow CLIPTokenizer's defaults where neither names a token.
+struct Config {
+    /// The file named in errors about the special tokens.
+    source: String,
+    bos: String,
+    eos: String,
+    unk: String,
+    pad: String,
+    max_len: usize,
+}
+
+impl Config {
+    fn from_dir(dir: &Path) -> Result<Config> {
+        let config_path = dir.join("tokenizer_config.json");
+        let map_path = dir.join("special_tokens_map.json");
+        let config = read_optional_object(&config_path)?;
+        let map = read_optional_object(&map_path)?;
+        let token = |key: &str, default: &str| -> Result<String> {
+            for (object, path) in [(&map, &map_path), (&config, &config_path)] {
+                if let Some(value) = object.get(key) {
+                    return token_content(value).ok_or_else(|| Error::File {
+                        file: path.display().to_string(),
+                        detail: format!("{key} is {value}, not a token (a string or an object with \"content\")"),
+                    });
+                }
+            }
+            Ok(default.to_string())
+        };
+        let max_len = match config.get("model_max_length") {
+            None => DEFAULT_MAX_LEN,
+            Some(value) => match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if n >= 2 => n,
+                _ => {
+                    return file_err(
+                        &config_path,
+                        format!("model_max_length is {value}: no room for the start and end tokens"),
+                    )
+                }
+            },
+        };
+        Ok(Config {
+            source: config_path.display().to_string(),
+            bos: token("bos_token", START_OF_TEXT)?,
+            eos: token("eos_token", END_OF_TEXT)?,
+            unk: token("unk_token", END_OF_TEXT)?,
+            pad: token("pad_token", END_OF_TEXT)?,
+            max_len,
+        })
+    }
+}
+
+/// A special token as the configs write it: "text", or {"content": "text", ...}.
+fn token_content(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn read_text(path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path).or_else(|e| file_err(path, e.to_string()))
+}
+
+fn read_json(path: &PathBuf) -> Result<Value> {
+    serde_json::from_str(&read_text(path)?).or_else(|e| file_err(path, format!("invalid JSON: {e}")))
+}
+
+fn read_optional_object(path: &PathBuf) -> Result<Map<String, Value>> {
+    if !path.exists() {
+        return Ok(Map::new());
+    }
+    match read_json(path)? {
+        Value::Object(object) => Ok(object),
+        _ => file_err(path, "not a JSON object"),
+    }
+}
