@@ -7,6 +7,7 @@ mod elementwise;
 mod layout;
 mod linalg;
 mod nn;
+mod pool;
 pub mod random;
 mod reduce;
 pub mod safetensors;
