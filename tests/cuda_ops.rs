@@ -361,6 +361,34 @@ fn attention() {
 }
 
 #[test]
+fn max_pool2d() {
+    let Some(dev) = gpu("max_pool2d") else { return };
+    let mut r = rng("cuda max_pool2d");
+    let cases: [(&[usize], usize, usize, usize); 7] = [
+        (&[1, 1, 1, 1], 1, 1, 0),
+        (&[2, 3, 9, 7], 3, 2, 1),
+        (&[3, 11, 13], 2, 2, 0),
+        (&[2, 2, 10, 5], 2, 1, 1),
+        (&[1, 4, 17, 19], 5, 3, 2),
+        (&[2, 64, 112, 112], 3, 2, 1),
+        (&[1, 3, 4, 6], 4, 4, 0),
+    ];
+    for dtype in DTYPES {
+        for (dims, k, s, p) in cases {
+            let (c, g) = pair(&mut r, dims, dtype, &dev, 1.0);
+            let (co, go) = (c.max_pool2d(k, s, p).unwrap(), g.max_pool2d(k, s, p).unwrap());
+            // The max picks one of the inputs: exact in every dtype.
+            let want = co.to_dtype(dtype).unwrap().to_host().unwrap();
+            assert_eq!(go.dims(), co.dims(), "max_pool2d {dims:?} k{k} s{s} p{p} {dtype:?}: shapes differ");
+            assert_eq!(go.to_host().unwrap(), want, "max_pool2d {dims:?} k{k} s{s} p{p} {dtype:?}");
+        }
+    }
+    let x = vec![1.0, f32::NAN, 3.0, -2.0, 5.0, 0.5, -1.0, 2.0, 4.0];
+    let got = Tensor::from_f32(x, [1, 1, 3, 3], &dev).unwrap().max_pool2d(2, 1, 0).unwrap().to_vec_f32().unwrap();
+    assert!(got[0].is_nan() && got[1].is_nan() && got[2..] == [5.0, 5.0], "NaN wins: {got:?}");
+}
+
+#[test]
 fn bad_input_is_an_error_on_the_gpu_too() {
     let Some(dev) = gpu("bad_input_is_an_error_on_the_gpu_too") else { return };
     let a = Tensor::from_f32(vec![1.0; 6], [2, 3], &dev).unwrap();

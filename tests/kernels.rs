@@ -64,6 +64,7 @@ fn expected() -> Vec<(&'static str, Vec<Entry>)> {
         ("gemm", per(&[("matmul", &[PTR, PTR, PTR, U32, U32, U32, U32, U32, U32, U32])], &FLOATS)),
         ("conv", per(&[("conv2d", &[PTR, PTR, PTR, PTR, CONV2D_ARGS])], &FLOATS)),
         ("attention", attention.collect()),
+        ("pool", per(&[("max_pool2d", &[PTR, PTR, U32, U32, U32, U32, U32, U32, U32, U32])], &FLOATS)),
     ]
 }
 

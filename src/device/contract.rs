@@ -133,6 +133,22 @@ pub struct Copy2d {
     pub dst_offset: usize,
 }
 
+/// Max pooling of (planes, h, w) over square `kernel` windows at `stride`, with
+/// `padding` on every side counting as -inf (PyTorch's max_pool2d, dilation 1,
+/// floor mode), producing (planes, h_out, w_out). The tensor layer keeps
+/// padding ≤ kernel / 2, so every window holds at least one input; NaN wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool2dParams {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+}
+
 /// What every backend's storage can do. Inputs are contiguous; a float op takes
 /// f32/f16/bf16 and returns the input dtype (accumulating in f32).
 pub trait BackendStorage: Sized {
@@ -165,4 +181,5 @@ pub trait BackendStorage: Sized {
     /// Rows of the (vocab, dim) table `self` picked by the u32 `ids`.
     fn embedding(&self, ids: &Self, dim: usize) -> Result<Self>;
     fn attention(&self, k: &Self, v: &Self, mask: Option<&Self>, params: &AttentionParams) -> Result<Self>;
+    fn max_pool2d(&self, params: &MaxPool2dParams) -> Result<Self>;
 }

@@ -294,4 +294,8 @@ impl BackendStorage for Storage {
             }
         }
     }
+
+    fn max_pool2d(&self, params: &MaxPool2dParams) -> Result<Self> {
+        each_backend!(self, |s| s.max_pool2d(params))
+    }
 }

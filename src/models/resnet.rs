@@ -1,1 +1,197 @@
-//! (to be written)
+//! torchvision's ResNet (v1.5: a bottleneck strides in its 3×3 convolution),
+//! loaded from a state dict saved as safetensors under torchvision's names
+//! (conv1, bn1, layer1..4.N.{conv1, bn1, ...}, fc). The architecture fixes the
+//! block type and counts; every width and the class count come from the
+//! weights' shapes, so narrow variants load too. BatchNorm runs in eval mode,
+//! folded into the convolution before it.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::device::{DType, Device};
+use crate::error::{shape_err, Error, Result};
+use crate::nn::{BatchNorm2d, Conv2d, Linear, Weights};
+use crate::tensor::Tensor;
+
+/// BatchNorm2d's default epsilon, which torchvision's ResNets use.
+const BN_EPS: f32 = 1e-5;
+
+/// torchvision's ImageNet normalisation, per RGB channel.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResNetArch {
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+}
+
+impl ResNetArch {
+    /// Whether the blocks are bottlenecks (1×1, 3×3, 1×1) rather than basic (3×3, 3×3).
+    fn bottleneck(self) -> bool {
+        matches!(self, ResNetArch::ResNet50 | ResNetArch::ResNet101)
+    }
+
+    /// Blocks in each of the four stages.
+    fn blocks(self) -> [usize; 4] {
+        match self {
+            ResNetArch::ResNet18 => [2, 2, 2, 2],
+            ResNetArch::ResNet34 | ResNetArch::ResNet50 => [3, 4, 6, 3],
+            ResNetArch::ResNet101 => [3, 4, 23, 3],
+        }
+    }
+}
+
+impl FromStr for ResNetArch {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<ResNetArch> {
+        match s {
+            "resnet18" => Ok(ResNetArch::ResNet18),
+            "resnet34" => Ok(ResNetArch::ResNet34),
+            "resnet50" => Ok(ResNetArch::ResNet50),
+            "resnet101" => Ok(ResNetArch::ResNet101),
+            other => Err(Error::Usage(format!(
+                "unknown ResNet architecture '{other}' (resnet18, resnet34, resnet50 or resnet101)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for ResNetArch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResNetArch::ResNet18 => "resnet18",
+            ResNetArch::ResNet34 => "resnet34",
+            ResNetArch::ResNet50 => "resnet50",
+            ResNetArch::ResNet101 => "resnet101",
+        })
+    }
+}
+
+/// conv `conv` (no bias, square `kernel`, `in_ch` inputs, any output count)
+/// with BatchNorm `bn` folded in.
+fn conv_bn(w: &Weights, conv: &str, bn: &str, in_ch: usize, kernel: usize, stride: usize) -> Result<Conv2d> {
+    let wc = w.pp(conv);
+    let out_ch = wc.shape("weight")?.first().copied().unwrap_or(0);
+    let conv = Conv2d::load_checked(&wc, in_ch, out_ch, kernel, stride, kernel / 2, false)?;
+    conv.fold_batch_norm(&BatchNorm2d::load(&w.pp(bn), out_ch, BN_EPS)?)
+}
+
+/// A residual block: its convolutions (each but the last followed by ReLU) plus
+/// the shortcut, then ReLU.
+struct Block {
+    convs: Vec<Conv2d>,
+    /// The 1×1 projection when the block changes the width or the resolution.
+    downsample: Option<Conv2d>,
+}
+
+impl Block {
+    fn load(w: &Weights, bottleneck: bool, in_ch: usize, stride: usize) -> Result<Block> {
+        let mut convs = Vec::with_capacity(3);
+        let mut ch = in_ch;
+        let layout: &[(usize, usize)] =
+            if bottleneck { &[(1, 1), (3, stride), (1, 1)] } else { &[(3, stride), (3, 1)] };
+        for (i, &(kernel, s)) in layout.iter().enumerate() {
+            let conv = conv_bn(w, &format!("conv{}", i + 1), &format!("bn{}", i + 1), ch, kernel, s)?;
+            ch = conv.out_channels();
+            convs.push(conv);
+        }
+        let downsample = if stride != 1 || ch != in_ch {
+            Some(conv_bn(w, "downsample.0", "downsample.1", in_ch, 1, stride)?)
+        } else {
+            None
+        };
+        Ok(Block { convs, downsample })
+    }
+
+    fn out_channels(&self) -> usize {
+        self.convs.last().map_or(0, Conv2d::out_channels)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (i, conv) in self.convs.iter().enumerate() {
+            h = conv.forward(&h)?;
+            if i + 1 < self.convs.len() {
+                h = h.relu()?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x)?,
+            None => x.clone(),
+        };
+        h.add(&shortcut)?.relu()
+    }
+}
+
+pub struct ResNet {
+    arch: ResNetArch,
+    /// conv1 with bn1 folded in.
+    stem: Conv2d,
+    blocks: Vec<Block>,
+    fc: Linear,
+}
+
+impl ResNet {
+    /// The torchvision state dict in `file` as `arch`, converted to `dtype` on
+    /// `device`. Every tensor of the file must be used: a checkpoint of another
+    /// architecture fails with the first tensor that does not fit.
+    pub fn load(file: &Path, arch: ResNetArch, dtype: DType, device: &Device) -> Result<ResNet> {
+        let w = Weights::open(&[file.to_path_buf()], dtype, device)?;
+        let stem = conv_bn(&w, "conv1", "bn1", 3, 7, 2)?;
+        let mut ch = stem.out_channels();
+        let mut blocks = vec![];
+        for (stage, &count) in arch.blocks().iter().enumerate() {
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let block = Block::load(&w.pp(format!("layer{}", stage + 1)).pp(i), arch.bottleneck(), ch, stride)?;
+                ch = block.out_channels();
+                blocks.push(block);
+            }
+        }
+        let classes = w.pp("fc").shape("weight")?.first().copied().unwrap_or(0);
+        let fc = Linear::load(&w.pp("fc"), ch, classes, true)?;
+        w.check_all_used()?;
+        Ok(ResNet { arch, stem, blocks, fc })
+    }
+
+    pub fn arch(&self) -> ResNetArch {
+        self.arch
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.fc.out_dim()
+    }
+
+    /// Logits (n, classes) of normalized images (n, 3, h, w) in the model's
+    /// dtype (see [`imagenet_normalize`]).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() != 4 || x.dims()[1] != 3 {
+            return shape_err("resnet", format!("input {} is not (n, 3, h, w)", x.shape()));
+        }
+        let mut h = self.stem.forward(x)?.relu()?.max_pool2d(3, 2, 1)?;
+        for block in &self.blocks {
+            h = block.forward(&h)?;
+        }
+        let (n, c) = (h.dims()[0], h.dims()[1]);
+        let pooled = h.reshape([n, c, usize::MAX])?.mean(2, false)?;
+        self.fc.forward(&pooled)
+    }
+}
+
+/// (images − mean) / std per RGB channel with torchvision's ImageNet mean and
+/// std, for images (..., 3, h, w) with values in [0, 1].
+pub fn imagenet_normalize(images: &Tensor) -> Result<Tensor> {
+    let d = images.dims();
+    if d.len() < 3 || d[d.len() - 3] != 3 {
+        return shape_err("imagenet_normalize", format!("images {} are not (..., 3, h, w)", images.shape()));
+    }
+    let per_channel = |v: [f32; 3]| -> Result<Tensor> {
+        Tensor::from_f32(v.to_vec(), [3, 1, 1], &images.device())?.to_dtype(images.dtype())
+    };
+    images.sub(&per_channel(IMAGENET_MEAN)?)?.div(&per_channel(IMAGENET_STD)?)
+}

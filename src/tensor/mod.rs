@@ -8,6 +8,7 @@ pub mod image;
 mod layout;
 mod linalg;
 mod nn;
+mod pool;
 pub mod random;
 mod reduce;
 pub mod safetensors;

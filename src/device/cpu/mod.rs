@@ -9,6 +9,7 @@ pub mod gemm;
 mod layout;
 mod matmul;
 mod norm;
+mod pool;
 mod reduce;
 mod vexp;
 
@@ -232,5 +233,9 @@ impl BackendStorage for CpuStorage {
         let (kk, vv) = (k.f32s("attention")?, v.f32s("attention")?);
         let m = mask.map(|m| m.f32s("attention")).transpose()?;
         self.map_f32("attention", |q| attention::attention(q, &kk, &vv, m.as_deref(), p))
+    }
+
+    fn max_pool2d(&self, p: &MaxPool2dParams) -> Result<Self> {
+        self.map_f32("max_pool2d", |x| pool::max_pool2d(x, p))
     }
 }

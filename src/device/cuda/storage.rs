@@ -376,4 +376,18 @@ impl BackendStorage for CudaStorage {
         launch!(&self.device, "attention", name, cfg, &self.buf, &k.buf, &v.buf, mask_buf, &mut out.buf, &args);
         Ok(out)
     }
+
+    fn max_pool2d(&self, p: &MaxPool2dParams) -> Result<Self> {
+        let len = p.planes * p.h_out * p.w_out;
+        let mut out = self.output(len, self.dtype)?;
+        if len > 0 {
+            let name = format!("max_pool2d_{}", self.float_kernel("max_pool2d")?);
+            let u = |v| u32_of("max_pool2d size", v);
+            let (pl, h, w, ho, wo) = (u(p.planes)?, u(p.h)?, u(p.w)?, u(p.h_out)?, u(p.w_out)?);
+            let (k, s, pad) = (u(p.kernel)?, u(p.stride)?, u(p.padding)?);
+            let cfg = self.device.grid_stride(len);
+            launch!(&self.device, "pool", name, cfg, &self.buf, &mut out.buf, &pl, &h, &w, &k, &s, &pad, &ho, &wo);
+        }
+        Ok(out)
+    }
 }
