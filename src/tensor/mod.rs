@@ -9,6 +9,7 @@ mod linalg;
 mod nn;
 pub mod random;
 mod reduce;
+mod scheduler_step;
 mod shape;
 
 use std::sync::Arc;
