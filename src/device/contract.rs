@@ -145,7 +145,7 @@ pub struct Copy2d {
 /// written as such, so the CPU and CUDA results agree bit for bit in f32:
 ///   m = fma(g, c − u, u); x0 = fma(x0_x, x, x0_m·m); eps = fma(eps_x, x, eps_m·m);
 ///   out = fma(out_prev, p, fma(out_noise, n, fma(out_x, x, fma(out_eps, eps, out_x0·x0)))).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SchedulerStep {
     pub x0_x: f32,
     pub x0_m: f32,
