@@ -1,9 +1,11 @@
 //! diffusers' DDIMScheduler (Song et al., "Denoising Diffusion Implicit Models"), with η.
 
 use super::config::{Prediction, SchedulerConfig, Spacing, SPACINGS};
-use super::{check_step, check_steps, mix, run_step, schedule, x0_coefficients, Scheduler, SchedulerKind};
+use super::{
+    check_step, check_steps, mix, run_step, schedule, timestep_indices, x0_coefficients, Scheduler, SchedulerKind,
+};
 use crate::device::SchedulerStep;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 pub(super) struct Ddim {
@@ -41,23 +43,6 @@ impl Ddim {
             timesteps_f32: Vec::new(),
         })
     }
-}
-
-/// Timesteps as indices into ᾱ: diffusers indexes with them, so one outside the training
-/// range (trailing spacing at some step counts gives −1, leading with steps_offset can give
-/// num_train) is an error here rather than a wrapped index.
-pub(super) fn timestep_indices(kind: SchedulerKind, timesteps: &[i64], num_train: usize) -> Result<Vec<usize>> {
-    timesteps
-        .iter()
-        .map(|&t| {
-            usize::try_from(t).ok().filter(|&t| t < num_train).ok_or_else(|| {
-                Error::Usage(format!(
-                    "{kind} scheduler: {} steps give timestep {t}, outside the {num_train} training steps",
-                    timesteps.len()
-                ))
-            })
-        })
-        .collect()
 }
 
 impl Scheduler for Ddim {

@@ -2,8 +2,9 @@
 //! posterior mean of x_{t−1} given x_t and the predicted x0, plus fresh noise.
 
 use super::config::{Prediction, SchedulerConfig, Spacing, SPACINGS};
-use super::ddim::timestep_indices;
-use super::{check_step, check_steps, mix, run_step, schedule, x0_coefficients, Scheduler, SchedulerKind};
+use super::{
+    check_step, check_steps, mix, run_step, schedule, timestep_indices, x0_coefficients, Scheduler, SchedulerKind,
+};
 use crate::device::SchedulerStep;
 use crate::error::Result;
 use crate::tensor::Tensor;

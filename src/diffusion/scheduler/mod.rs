@@ -234,6 +234,23 @@ fn check_steps(kind: SchedulerKind, steps: usize, max: Option<usize>) -> Result<
     }
 }
 
+/// Timesteps as indices into ᾱ: diffusers indexes with them, so one outside the training
+/// range (trailing spacing at some step counts gives −1, leading with steps_offset can give
+/// num_train) is an error here rather than a wrapped index.
+fn timestep_indices(kind: SchedulerKind, timesteps: &[i64], num_train: usize) -> Result<Vec<usize>> {
+    timesteps
+        .iter()
+        .map(|&t| {
+            usize::try_from(t).ok().filter(|&t| t < num_train).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{kind} scheduler: {} steps give timestep {t}, outside the {num_train} training steps",
+                    timesteps.len()
+                ))
+            })
+        })
+        .collect()
+}
+
 /// x0 = x0_x·x + x0_m·m for a model output m under the parametrisation x = α·x0 + σ·ε:
 /// ε-prediction (x − σ·m)/α, sample prediction m, v-prediction α·x − σ·m.
 fn x0_coefficients(prediction: Prediction, alpha: f32, sigma: f32) -> (f32, f32) {
