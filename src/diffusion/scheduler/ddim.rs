@@ -54,7 +54,7 @@ impl Scheduler for Ddim {
         let num_train = self.alphas_cumprod.len();
         check_steps(self.kind(), steps, Some(num_train))?;
         let timesteps = schedule::discrete_timesteps(self.spacing, num_train, steps, self.steps_offset);
-        self.timesteps = timestep_indices(self.kind(), &timesteps, num_train)?;
+        self.timesteps = timestep_indices(self.kind(), steps, &timesteps, num_train)?;
         self.timesteps_f32 = self.timesteps.iter().map(|&t| t as f32).collect();
         self.steps = steps;
         Ok(())

@@ -237,14 +237,13 @@ fn check_steps(kind: SchedulerKind, steps: usize, max: Option<usize>) -> Result<
 /// Timesteps as indices into ᾱ: diffusers indexes with them, so one outside the training
 /// range (trailing spacing at some step counts gives −1, leading with steps_offset can give
 /// num_train) is an error here rather than a wrapped index.
-fn timestep_indices(kind: SchedulerKind, timesteps: &[i64], num_train: usize) -> Result<Vec<usize>> {
+fn timestep_indices(kind: SchedulerKind, steps: usize, timesteps: &[i64], num_train: usize) -> Result<Vec<usize>> {
     timesteps
         .iter()
         .map(|&t| {
             usize::try_from(t).ok().filter(|&t| t < num_train).ok_or_else(|| {
                 Error::Usage(format!(
-                    "{kind} scheduler: {} steps give timestep {t}, outside the {num_train} training steps",
-                    timesteps.len()
+                    "{kind} scheduler: {steps} steps give timestep {t}, outside the {num_train} training steps"
                 ))
             })
         })
