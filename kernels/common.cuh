@@ -71,3 +71,8 @@ struct AttentionArgs {
     u32 causal, has_mask;
     u32 mask_strides[4];
 };
+// The coefficients of one fused scheduler step (scheduler.cu); flags are 0 or 1.
+struct SchedulerStepArgs {
+    float x0_x, x0_m, clip, eps_x, eps_m, out_x0, out_eps, out_x, out_noise, out_prev, guidance;
+    u32 has_clip, has_guidance, has_noise, has_prev, keep_x0;
+};

@@ -18,6 +18,7 @@ const BROADCAST_ARGS: usize = 76;
 const STRIDED_ARGS: usize = 52;
 const CONV2D_ARGS: usize = 68;
 const ATTENTION_ARGS: usize = 48;
+const SCHEDULER_STEP_ARGS: usize = 64;
 
 /// An entry point and the byte size of each of its parameters, in order.
 type Entry = (String, Vec<usize>);
@@ -65,6 +66,7 @@ fn expected() -> Vec<(&'static str, Vec<Entry>)> {
         ("conv", per(&[("conv2d", &[PTR, PTR, PTR, PTR, CONV2D_ARGS])], &FLOATS)),
         ("attention", attention.collect()),
         ("pool", per(&[("max_pool2d", &[PTR, PTR, U32, U32, U32, U32, U32, U32, U32, U32])], &FLOATS)),
+        ("scheduler", per(&[("scheduler_step", &[PTR, PTR, PTR, PTR, PTR, PTR, U32, SCHEDULER_STEP_ARGS])], &FLOATS)),
     ]
 }
 

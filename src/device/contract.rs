@@ -149,6 +149,34 @@ pub struct MaxPool2dParams {
     pub w_out: usize,
 }
 
+/// The per-element coefficients of one fused diffusion-scheduler step (kernels/scheduler.cu).
+/// With x the sample and m the model output, or m = u + g·(c − u) of the output's two batch
+/// halves [u; c] when `guidance` is Some(g):
+///   x0  = x0_x·x + x0_m·m, clamped to [−clip, clip] when `clip` is Some
+///   eps = eps_x·x + eps_m·m
+///   out = out_x0·x0 + out_eps·eps + out_x·x + out_noise·noise + out_prev·prev_x0
+/// Every DDIM, DDPM, Euler, Euler-ancestral and DPM-Solver++ (1S/2M) step is such a combination.
+/// With `keep_x0` the backend returns x0 too (DPM-Solver++ keeps it for its next step).
+/// Backends compute in f32 with this exact sequence of roundings, fused multiply-adds where
+/// written as such, so the CPU and CUDA results agree bit for bit in f32:
+///   m = fma(g, c − u, u); x0 = fma(x0_x, x, x0_m·m); eps = fma(eps_x, x, eps_m·m);
+///   out = fma(out_prev, p, fma(out_noise, n, fma(out_x, x, fma(out_eps, eps, out_x0·x0)))).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SchedulerStep {
+    pub x0_x: f32,
+    pub x0_m: f32,
+    pub clip: Option<f32>,
+    pub eps_x: f32,
+    pub eps_m: f32,
+    pub out_x0: f32,
+    pub out_eps: f32,
+    pub out_x: f32,
+    pub out_noise: f32,
+    pub out_prev: f32,
+    pub guidance: Option<f32>,
+    pub keep_x0: bool,
+}
+
 /// What every backend's storage can do. Inputs are contiguous; a float op takes
 /// f32/f16/bf16 and returns the input dtype (accumulating in f32).
 pub trait BackendStorage: Sized {
@@ -182,4 +210,14 @@ pub trait BackendStorage: Sized {
     fn embedding(&self, ids: &Self, dim: usize) -> Result<Self>;
     fn attention(&self, k: &Self, v: &Self, mask: Option<&Self>, params: &AttentionParams) -> Result<Self>;
     fn max_pool2d(&self, params: &MaxPool2dParams) -> Result<Self>;
+    /// One fused scheduler step over the sample `self` (n elements): `model_out` holds n
+    /// elements, or 2n ([uncond; cond]) with guidance; `noise` and `prev_x0` hold n and are
+    /// read only when given. Returns the new sample and, with `step.keep_x0`, x0.
+    fn scheduler_step(
+        &self,
+        model_out: &Self,
+        noise: Option<&Self>,
+        prev_x0: Option<&Self>,
+        step: &SchedulerStep,
+    ) -> Result<(Self, Option<Self>)>;
 }

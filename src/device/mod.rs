@@ -168,6 +168,24 @@ fn mismatch(op: &'static str, parts: &[&Storage]) -> Error {
     }
 }
 
+/// An optional CPU operand: None when it is on another backend.
+fn cpu_operand(s: Option<&Storage>) -> Option<Option<&CpuStorage>> {
+    match s {
+        None => Some(None),
+        Some(Storage::Cpu(c)) => Some(Some(c)),
+        Some(_) => None,
+    }
+}
+
+/// An optional CUDA operand: None when it is on another backend.
+fn cuda_operand(s: Option<&Storage>) -> Option<Option<&CudaStorage>> {
+    match s {
+        None => Some(None),
+        Some(Storage::Cuda(c)) => Some(Some(c)),
+        Some(_) => None,
+    }
+}
+
 impl BackendStorage for Storage {
     fn dtype(&self) -> DType {
         match self {
@@ -297,5 +315,33 @@ impl BackendStorage for Storage {
 
     fn max_pool2d(&self, params: &MaxPool2dParams) -> Result<Self> {
         each_backend!(self, |s| s.max_pool2d(params))
+    }
+
+    fn scheduler_step(
+        &self,
+        model_out: &Self,
+        noise: Option<&Self>,
+        prev_x0: Option<&Self>,
+        step: &SchedulerStep,
+    ) -> Result<(Self, Option<Self>)> {
+        match (self, model_out) {
+            (Storage::Cpu(x), Storage::Cpu(m)) => {
+                if let (Some(n), Some(p)) = (cpu_operand(noise), cpu_operand(prev_x0)) {
+                    let (out, x0) = x.scheduler_step(m, n, p, step)?;
+                    return Ok((Storage::Cpu(out), x0.map(Storage::Cpu)));
+                }
+            }
+            (Storage::Cuda(x), Storage::Cuda(m)) => {
+                if let (Some(n), Some(p)) = (cuda_operand(noise), cuda_operand(prev_x0)) {
+                    let (out, x0) = x.scheduler_step(m, n, p, step)?;
+                    return Ok((Storage::Cuda(out), x0.map(Storage::Cuda)));
+                }
+            }
+            _ => {}
+        }
+        let mut parts = vec![self, model_out];
+        parts.extend(noise);
+        parts.extend(prev_x0);
+        Err(mismatch("scheduler_step", &parts))
     }
 }

@@ -12,6 +12,7 @@ mod pool;
 pub mod random;
 mod reduce;
 pub mod safetensors;
+mod scheduler_step;
 mod shape;
 
 use std::sync::Arc;

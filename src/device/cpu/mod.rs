@@ -11,6 +11,7 @@ mod matmul;
 mod norm;
 mod pool;
 mod reduce;
+mod scheduler;
 mod vexp;
 
 use std::borrow::Cow;
@@ -237,5 +238,21 @@ impl BackendStorage for CpuStorage {
 
     fn max_pool2d(&self, p: &MaxPool2dParams) -> Result<Self> {
         self.map_f32("max_pool2d", |x| pool::max_pool2d(x, p))
+    }
+
+    fn scheduler_step(
+        &self,
+        model_out: &Self,
+        noise: Option<&Self>,
+        prev_x0: Option<&Self>,
+        step: &SchedulerStep,
+    ) -> Result<(Self, Option<Self>)> {
+        let (x, model) = (self.f32s("scheduler_step")?, model_out.f32s("scheduler_step")?);
+        let noise = noise.map(|t| t.f32s("scheduler_step")).transpose()?;
+        let prev_x0 = prev_x0.map(|t| t.f32s("scheduler_step")).transpose()?;
+        let inputs =
+            scheduler::StepInputs { x: &x, model: &model, noise: noise.as_deref(), prev_x0: prev_x0.as_deref() };
+        let (out, x0) = scheduler::step(step, &inputs);
+        Ok((CpuStorage::from_f32(out, self.dtype()), x0.map(|v| CpuStorage::from_f32(v, self.dtype()))))
     }
 }

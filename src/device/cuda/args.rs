@@ -3,7 +3,7 @@
 
 use cudarc::driver::DeviceRepr;
 
-use crate::device::contract::{AttentionParams, BroadcastLayout, Conv2dParams, MAX_DIMS};
+use crate::device::contract::{AttentionParams, BroadcastLayout, Conv2dParams, SchedulerStep, MAX_DIMS};
 use crate::error::{Error, Result};
 
 /// Checks a size fits the kernels' u32 indexing.
@@ -151,6 +151,52 @@ impl AttentionArgs {
     }
 }
 
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SchedulerStepArgs {
+    x0_x: f32,
+    x0_m: f32,
+    clip: f32,
+    eps_x: f32,
+    eps_m: f32,
+    out_x0: f32,
+    out_eps: f32,
+    out_x: f32,
+    out_noise: f32,
+    out_prev: f32,
+    guidance: f32,
+    has_clip: u32,
+    has_guidance: u32,
+    has_noise: u32,
+    has_prev: u32,
+    keep_x0: u32,
+}
+// SAFETY: plain-old-data with the C layout of the kernel parameter.
+unsafe impl DeviceRepr for SchedulerStepArgs {}
+
+impl SchedulerStepArgs {
+    pub(crate) fn new(s: &SchedulerStep, has_noise: bool, has_prev: bool) -> Self {
+        SchedulerStepArgs {
+            x0_x: s.x0_x,
+            x0_m: s.x0_m,
+            clip: s.clip.unwrap_or(0.0),
+            eps_x: s.eps_x,
+            eps_m: s.eps_m,
+            out_x0: s.out_x0,
+            out_eps: s.out_eps,
+            out_x: s.out_x,
+            out_noise: s.out_noise,
+            out_prev: s.out_prev,
+            guidance: s.guidance.unwrap_or(0.0),
+            has_clip: s.clip.is_some() as u32,
+            has_guidance: s.guidance.is_some() as u32,
+            has_noise: has_noise as u32,
+            has_prev: has_prev as u32,
+            keep_x0: s.keep_x0 as u32,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +209,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<StridedArgs>(), 52);
         assert_eq!(std::mem::size_of::<Conv2dArgs>(), 68);
         assert_eq!(std::mem::size_of::<AttentionArgs>(), 48);
+        assert_eq!(std::mem::size_of::<SchedulerStepArgs>(), 64);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::args::{u32_of, AttentionArgs, BroadcastArgs, Conv2dArgs, StridedArgs};
+use super::args::{u32_of, AttentionArgs, BroadcastArgs, Conv2dArgs, SchedulerStepArgs, StridedArgs};
 use super::{driver_err, CudaDevice};
 use crate::device::contract::*;
 use crate::device::{DType, HostData};
@@ -389,5 +389,33 @@ impl BackendStorage for CudaStorage {
             launch!(&self.device, "pool", name, cfg, &self.buf, &mut out.buf, &pl, &h, &w, &k, &s, &pad, &ho, &wo);
         }
         Ok(out)
+    }
+
+    fn scheduler_step(
+        &self,
+        model_out: &Self,
+        noise: Option<&Self>,
+        prev_x0: Option<&Self>,
+        step: &SchedulerStep,
+    ) -> Result<(Self, Option<Self>)> {
+        let mut out = self.output(self.len, self.dtype)?;
+        let mut x0 = if step.keep_x0 { Some(self.output(self.len, self.dtype)?) } else { None };
+        if self.len == 0 {
+            return Ok((out, x0));
+        }
+        let name = format!("scheduler_step_{}", self.float_kernel("scheduler_step")?);
+        let (args, n) = (SchedulerStepArgs::new(step, noise.is_some(), prev_x0.is_some()), self.len as u32);
+        // Absent inputs are never read and an absent x0 is never written; x stands in for them.
+        let noise_buf = noise.map_or(&self.buf, |t| &t.buf);
+        let prev_buf = prev_x0.map_or(&self.buf, |t| &t.buf);
+        let (dev, cfg) = (&self.device, self.device.grid_stride(self.len));
+        let (x, m) = (&self.buf, &model_out.buf);
+        match x0.as_mut() {
+            Some(x0) => {
+                launch!(dev, "scheduler", name, cfg, x, m, noise_buf, prev_buf, &mut out.buf, &mut x0.buf, &n, &args)
+            }
+            None => launch!(dev, "scheduler", name, cfg, x, m, noise_buf, prev_buf, &mut out.buf, x, &n, &args),
+        }
+        Ok((out, x0))
     }
 }
