@@ -1,14 +1,16 @@
 //! The cli layer: argument parsing and the subcommands. Errors from the layers
 //! below arrive as values and are printed as one line.
 
+mod classify;
+mod generate;
 mod info;
 
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
-use foil::{Device, Error, Result};
+use foil::{DType, Device, Error, Result};
 
 #[derive(Parser)]
 #[command(name = "foil", version, about = "GPU compute framework and counterfactual probe-then-reinforce tool")]
@@ -24,13 +26,38 @@ struct Cli {
 enum Command {
     /// Print the version, the backend chosen, and the GPU and its kernels when there is one.
     Info,
+    /// Make images from a prompt with a diffusers Stable Diffusion folder (text-to-image, image-to-image).
+    Generate(generate::GenerateArgs),
+    /// Classify images with a torchvision ResNet saved as safetensors.
+    Classify(classify::ClassifyArgs),
+}
+
+/// The `--dtype` flag of the model commands.
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+/// f16 weights and activations on a GPU (f32 accumulation inside the kernels), f32 on the CPU.
+fn compute_dtype(arg: DTypeArg, device: &Device) -> DType {
+    match arg {
+        DTypeArg::Auto if device.is_cuda() => DType::F16,
+        DTypeArg::Auto | DTypeArg::F32 => DType::F32,
+        DTypeArg::F16 => DType::F16,
+        DTypeArg::Bf16 => DType::BF16,
+    }
 }
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
-            print!("{e}");
+            // Help with an after_help section (the examples) ends without a newline.
+            let text = e.to_string();
+            println!("{}", text.trim_end());
             return ExitCode::SUCCESS;
         }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
@@ -57,8 +84,13 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let (device, fallback) = select_device(&cli.device)?;
+    if let (Some(reason), false) = (&fallback, matches!(cli.command, Command::Info)) {
+        eprintln!("foil: no usable GPU ({reason}); running on the CPU");
+    }
     match cli.command {
         Command::Info => info::run(&device, fallback.as_deref()),
+        Command::Generate(args) => generate::run(args, &device),
+        Command::Classify(args) => classify::run(args, &device),
     }
 }
 
