@@ -1,0 +1,184 @@
+//! `cargo bench --bench models`: whole models at their real sizes with random
+//! weights (timing needs no download). Stable Diffusion 1.5's UNet step at
+//! 512×512 (batch 2: classifier-free guidance), its text encoder (batch 2, 77
+//! tokens) and its VAE decode to 512×512, and ResNet-50 at batch 64 (224×224).
+//!
+//! benches/models/<name>/ holds each model's config.json, the name and shape of
+//! every tensor (shapes.json) and PyTorch's FLOP count of the timed forward pass
+//! (flops.json), all written by scripts/fixtures/bench_shapes.py. The first run
+//! writes a random f32 checkpoint of those shapes to target/bench-models/ and
+//! later runs reuse it; loading goes through the same loader as a real one.
+//!
+//! Each row: wall time, GFLOP/s, and the ratio to the CPU's FMA peak measured in
+//! the same run (on a GPU, the time in f16). Arguments filter rows by substring.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use common::{cpu_fma_peak, time_gpu};
+use foil::models::clip_text::ClipTextModel;
+use foil::models::resnet::{ResNet, ResNetArch};
+use foil::models::unet::UNet2DConditionModel;
+use foil::models::vae::AutoencoderKL;
+use foil::{DType, Device, Rng, Tensor};
+
+const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/models");
+
+fn flops(name: &str) -> f64 {
+    let text = std::fs::read_to_string(Path::new(MANIFESTS).join("flops.json")).expect("benches/models/flops.json");
+    let all: serde_json::Value = serde_json::from_str(&text).expect("flops.json is JSON");
+    all[name]["flops"].as_f64().expect("a FLOP count per model")
+}
+
+/// The folder of a random checkpoint with the shapes of `name`, written on first use.
+fn random_checkpoint(name: &str) -> PathBuf {
+    let src = Path::new(MANIFESTS).join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-models").join(name);
+    let weights = dir.join("model.safetensors");
+    if weights.exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    if src.join("config.json").exists() {
+        std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    }
+    let shapes: BTreeMap<String, Vec<usize>> =
+        serde_json::from_str(&std::fs::read_to_string(src.join("shapes.json")).unwrap()).unwrap();
+    let started = Instant::now();
+    write_random(&weights, &shapes);
+    eprintln!("wrote random {name} weights in {:.1?}", started.elapsed());
+    dir
+}
+
+/// Streams random tensors to a safetensors file: weights of rank ≥ 2 with the
+/// standard deviation 1/√fan_in that keeps activations at unit scale through
+/// depth; norm scales near 1, biases and shifts small, variances 1.
+fn write_random(path: &Path, shapes: &BTreeMap<String, Vec<usize>>) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let (dtype, bytes) = if name.ends_with("num_batches_tracked") { ("I64", 8 * n) } else { ("F32", 4 * n) };
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let tmp = path.with_extension("tmp");
+    let mut out = BufWriter::new(File::create(&tmp).unwrap());
+    out.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    out.write_all(&header).unwrap();
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        if name.ends_with("num_batches_tracked") {
+            out.write_all(&vec![0u8; 8 * n]).unwrap();
+            continue;
+        }
+        let fan_in: usize = shape.iter().skip(1).product();
+        let (mean, std) = match name.rsplit('.').next().unwrap_or("") {
+            "running_var" => (1.0, 0.0),
+            "running_mean" | "bias" => (0.0, 0.02),
+            _ if shape.len() >= 2 => (0.0, 1.0 / (fan_in as f32).sqrt()),
+            _ => (1.0, 0.02),
+        };
+        let values: Vec<f32> = (0..n.div_ceil(1 << 16))
+            .into_par_iter()
+            .flat_map_iter(|chunk| {
+                let mut rng = Rng::new(((i as u64) << 32) ^ chunk as u64);
+                let len = (n - chunk * (1 << 16)).min(1 << 16);
+                (0..len).map(move |_| mean + std * rng.normal()).collect::<Vec<_>>()
+            })
+            .collect();
+        out.write_all(bytemuck::cast_slice(&values)).unwrap();
+    }
+    out.into_inner().unwrap().sync_all().unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+/// Wall time of one call after one warm-up (each call is seconds long on the CPU).
+fn time_once(mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+fn time(dev: &Device, mut f: impl FnMut()) -> f64 {
+    if dev.is_cuda() {
+        time_gpu(dev, f)
+    } else {
+        time_once(&mut f)
+    }
+}
+
+fn randn(dims: &[usize], dtype: DType, dev: &Device, rng: &mut Rng) -> Tensor {
+    Tensor::randn(dims.to_vec(), rng, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_device(dev).unwrap()
+}
+
+fn row(model: &str, input: &str, dev: &Device, dtype: DType, seconds: f64, flops: f64, peak: f64) {
+    let rate = flops / seconds;
+    let ratio = if dev.is_cuda() { "-".to_string() } else { format!("{:.2}", rate / peak) };
+    println!("| {model} | {input} | {dev} {dtype} | {:.1} | {:.1} | {ratio} |", seconds * 1e3, rate / 1e9);
+}
+
+fn bench(dev: &Device, dtype: DType, filter: &[String], peak: f64, rng: &mut Rng) {
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    if wanted("sd15-unet") {
+        let unet = UNet2DConditionModel::load(&random_checkpoint("sd15-unet"), dtype, dev).unwrap();
+        let (x, ctx) = (randn(&[2, 4, 64, 64], dtype, dev, rng), randn(&[2, 77, 768], dtype, dev, rng));
+        let s = time(dev, || {
+            unet.forward(&x, &[500.0], &ctx).unwrap();
+        });
+        row("sd15-unet step", "2x4x64x64 (512x512, CFG)", dev, dtype, s, flops("sd15-unet"), peak);
+    }
+    if wanted("sd15-text-encoder") {
+        let text = ClipTextModel::load(&random_checkpoint("sd15-text-encoder"), dtype, dev).unwrap();
+        let ids: Vec<u32> = (0..2 * 77).map(|i| (i * 7919 % 49408) as u32).collect();
+        let ids = Tensor::from_u32(ids, [2, 77], dev).unwrap();
+        let s = time(dev, || {
+            text.forward(&ids).unwrap();
+        });
+        row("sd15-text-encoder", "2x77 tokens", dev, dtype, s, flops("sd15-text-encoder"), peak);
+    }
+    if wanted("sd15-vae") {
+        let vae = AutoencoderKL::load(&random_checkpoint("sd15-vae"), dtype, dev).unwrap();
+        let z = randn(&[1, 4, 64, 64], dtype, dev, rng);
+        let s = time(dev, || {
+            vae.decode(&z).unwrap();
+        });
+        row("sd15-vae decode", "1x4x64x64 -> 512x512", dev, dtype, s, flops("sd15-vae"), peak);
+    }
+    if wanted("resnet50") {
+        let file = random_checkpoint("resnet50").join("model.safetensors");
+        let net = ResNet::load(&file, ResNetArch::ResNet50, dtype, dev).unwrap();
+        let x = randn(&[64, 3, 224, 224], dtype, dev, rng);
+        let s = time(dev, || {
+            net.forward(&x).unwrap();
+        });
+        row("resnet50 forward", "64x3x224x224", dev, dtype, s, flops("resnet50"), peak);
+    }
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let mut rng = Rng::new(0x5eed);
+    let peak = cpu_fma_peak();
+    println!("CPU FMA peak: {:.1} GFLOP/s ({} threads)", peak / 1e9, rayon::current_num_threads());
+    println!("| model | input | device | time (ms) | GFLOP/s | of CPU peak |");
+    println!("| --- | --- | --- | ---: | ---: | ---: |");
+    bench(&Device::Cpu, DType::F32, &filter, peak, &mut rng);
+    match Device::cuda(0) {
+        Ok(dev) => bench(&dev, DType::F16, &filter, peak, &mut rng),
+        Err(e) => eprintln!("GPU rows skipped: {e}"),
+    }
+}
