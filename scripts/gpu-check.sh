@@ -10,15 +10,17 @@
 #   test-bins  locate the test binaries of $TEST_TARGETS (cargo test --no-run, JSON)
 #   memcheck   compute-sanitizer --tool memcheck  --error-exitcode 1 <bin> --include-ignored
 #   racecheck  compute-sanitizer --tool racecheck --error-exitcode 1 <bin> --include-ignored
-#   bench      cargo bench --bench ops
+#   bench      cargo bench --bench ops --bench models (ops and whole models, f16 and f32)
+#   torch      scripts/bench_torch.py --device cuda --dtype f16: PyTorch + diffusers at the
+#              models benchmark's shapes, in the same run (SKIP without torch and diffusers)
 #
 # Usage: scripts/gpu-check.sh [--out DIR] [--test-target NAME]... [--bench NAME]
 #                             [--skip STAGE[,STAGE]] [--timeout SECS] [-v]
 #   --out DIR          report folder (default <repo>/target/gpu-check); if $OUT is set the
 #                      report folder is also copied to $OUT/gpu-check
 #   --test-target NAME test target(s) to run under compute-sanitizer (repeatable;
-#                      default $GPU_CHECK_TEST_TARGETS or "cuda_ops")
-#   --bench NAME       bench target (default $GPU_CHECK_BENCH or "ops")
+#                      default $GPU_CHECK_TEST_TARGETS or the CUDA op and model tests)
+#   --bench NAMES      bench targets, space-separated (default $GPU_CHECK_BENCH or "ops models")
 #   --skip STAGES      comma-separated stages to skip (reported as SKIP)
 #   --timeout SECS     per-command time limit (default $GPU_CHECK_TIMEOUT or none)
 #   -v, --verbose      stream every command's output to the console too
@@ -35,8 +37,8 @@ repo_root="$(cd -- "$script_dir/.." && pwd -P)"
 die() { echo "gpu-check: error: $*" >&2; exit 2; }
 
 out_dir="$repo_root/target/gpu-check"
-read -r -a test_targets <<<"${GPU_CHECK_TEST_TARGETS:-cuda_ops}"
-bench="${GPU_CHECK_BENCH:-ops}"
+read -r -a test_targets <<<"${GPU_CHECK_TEST_TARGETS:-cuda_ops schedulers clip_text resnet unet vae}"
+read -r -a benches <<<"${GPU_CHECK_BENCH:-ops models}"
 stage_timeout="${GPU_CHECK_TIMEOUT:-0}"
 verbose=0
 skip=","
@@ -48,7 +50,7 @@ while [[ $# -gt 0 ]]; do
     --test-target) [[ $# -ge 2 ]] || die "--test-target needs a name"
       [[ $custom_targets -eq 1 ]] || test_targets=()
       custom_targets=1; test_targets+=("$2"); shift ;;
-    --bench) [[ $# -ge 2 ]] || die "--bench needs a name"; bench="$2"; shift ;;
+    --bench) [[ $# -ge 2 ]] || die "--bench needs names"; read -r -a benches <<<"$2"; shift ;;
     --skip) [[ $# -ge 2 ]] || die "--skip needs stage names"; skip+="$2,"; shift ;;
     --timeout) [[ $# -ge 2 ]] || die "--timeout needs seconds"; stage_timeout="$2"; shift ;;
     -v|--verbose) verbose=1 ;;
@@ -60,13 +62,13 @@ done
 [[ "$stage_timeout" =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds, got '$stage_timeout'"
 [[ ${#test_targets[@]} -gt 0 ]] || die "no test targets given"
 for s in ${skip//,/ }; do
-  case "$s" in gpu|build|test|test-bins|memcheck|racecheck|bench) ;;
+  case "$s" in gpu|build|test|test-bins|memcheck|racecheck|bench|torch) ;;
     *) die "unknown stage '$s' in --skip" ;; esac
 done
 
 mkdir -p "$out_dir" || die "cannot create $out_dir"
 out_dir="$(cd -- "$out_dir" && pwd -P)"
-stages=(gpu build test test-bins memcheck racecheck bench)
+stages=(gpu build test test-bins memcheck racecheck bench torch)
 for s in "${stages[@]}"; do rm -f -- "$out_dir/$s.log"; done
 rm -f -- "$out_dir/report.md" "$out_dir/test-bins.txt" "$out_dir/test-bins.json"
 cd -- "$repo_root" || die "cannot cd to $repo_root"
@@ -247,7 +249,17 @@ DESC="cargo test --release --no-run --message-format=json (targets: ${test_targe
   run_stage test-bins find_test_bins
 sanitizer_stage memcheck
 sanitizer_stage racecheck
-run_stage bench cargo bench --bench "$bench"
+bench_args=()
+for b in "${benches[@]}"; do bench_args+=(--bench "$b"); done
+run_stage bench cargo bench "${bench_args[@]}"
+torch_bench() {
+  if ! python3 -c "import torch, diffusers, transformers, torchvision" 2>/dev/null; then
+    echo "python3 with torch, diffusers, transformers and torchvision not found: PyTorch rows not measured"
+    return 0
+  fi
+  python3 scripts/bench_torch.py --device cuda --dtype f16 && python3 scripts/bench_torch.py --device cuda --dtype f32
+}
+DESC="scripts/bench_torch.py --device cuda (f16, f32)" run_stage torch torch_bench
 
 # ---- report ----------------------------------------------------------------------------
 failed=()
