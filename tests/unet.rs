@@ -64,33 +64,21 @@ fn reports_its_sizes_and_checks_inputs() {
     assert!(e.contains("encoder_hidden_states"), "{e}");
 }
 
-/// A copy of fixture `name` with the weights passed through `edit` and the config through `edit_config`.
-fn broken_copy(
-    name: &str,
-    tag: &str,
-    edit: impl FnOnce(&mut HashMap<String, Tensor>),
-    edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
-) -> PathBuf {
-    common::broken_diffusers_copy(&fixture(name), &format!("unet-{tag}"), edit, edit_config)
-}
-
 /// The error loading `dir` gives, which must be one line; removes `dir`.
 fn load_error(dir: &Path) -> String {
-    let result = UNet2DConditionModel::load(dir, DType::F32, &Device::Cpu);
-    let _ = std::fs::remove_dir_all(dir);
-    common::one_line_error(result)
+    common::load_error_removing(dir, UNet2DConditionModel::load(dir, DType::F32, &Device::Cpu))
 }
 
 #[test]
 fn broken_checkpoints_name_the_tensor() {
     let key = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight";
-    let dir = broken_copy("sd1", "missing", |w| drop(w.remove(key)), |_| {});
+    let dir = common::broken_diffusers_copy(&fixture("sd1"), "missing", |w| drop(w.remove(key)), |_| {});
     let e = load_error(&dir);
     assert!(e.contains(&format!("missing tensor '{key}'")), "{e}");
 
     let key = "mid_block.resnets.1.conv2.weight";
-    let dir = broken_copy(
-        "sd2",
+    let dir = common::broken_diffusers_copy(
+        &fixture("sd2"),
         "shape",
         |w| drop(w.insert(key.into(), Tensor::zeros([24, 24, 1, 1], DType::F32, &Device::Cpu).unwrap())),
         |_| {},
@@ -98,8 +86,8 @@ fn broken_checkpoints_name_the_tensor() {
     let e = load_error(&dir);
     assert!(e.contains(key) && e.contains("[24, 24, 1, 1]") && e.contains("expected [24, 24, 3, 3]"), "{e}");
 
-    let dir = broken_copy(
-        "mixed",
+    let dir = common::broken_diffusers_copy(
+        &fixture("mixed"),
         "extra",
         |w| drop(w.insert("class_embedding.weight".into(), Tensor::zeros([3, 32], DType::F32, &Device::Cpu).unwrap())),
         |_| {},
@@ -119,7 +107,7 @@ fn unsupported_config_options_are_named() {
         ("time_embedding_type", r#""fourier""#),
     ] {
         let set = |c: &mut serde_json::Map<_, _>| drop(c.insert(key.into(), serde_json::from_str(value).unwrap()));
-        let dir = broken_copy("sd1", key, |_| {}, set);
+        let dir = common::broken_diffusers_copy(&fixture("sd1"), key, |_| {}, set);
         let e = load_error(&dir);
         assert!(e.contains(&format!("unsupported option {key} = {value}")) && e.contains("config.json"), "{e}");
     }
@@ -129,7 +117,7 @@ fn unsupported_config_options_are_named() {
             serde_json::json!(["AttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
         ))
     };
-    let e = load_error(&broken_copy("sd1", "block", |_| {}, set));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("sd1"), "block", |_| {}, set));
     assert!(e.contains("unsupported up block type 'AttnUpBlock2D'"), "{e}");
 }
 

@@ -65,47 +65,40 @@ fn reports_its_sizes_and_checks_inputs() {
     assert!(e.contains("is not (n, 4, h, w)"), "{e}");
 }
 
-/// A copy of fixture `name` with the weights passed through `edit` and the config through `edit_config`.
-fn broken_copy(
-    name: &str,
-    tag: &str,
-    edit: impl FnOnce(&mut HashMap<String, Tensor>),
-    edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
-) -> PathBuf {
-    common::broken_diffusers_copy(&fixture(name), &format!("vae-{tag}"), edit, edit_config)
-}
-
 /// The error loading `dir` gives, which must be one line; removes `dir`.
 fn load_error(dir: &Path) -> String {
-    let result = AutoencoderKL::load(dir, DType::F32, &Device::Cpu);
-    let _ = std::fs::remove_dir_all(dir);
-    common::one_line_error(result)
+    common::load_error_removing(dir, AutoencoderKL::load(dir, DType::F32, &Device::Cpu))
 }
 
 #[test]
 fn broken_checkpoints_and_configs_are_named() {
     let key = "encoder.mid_block.attentions.0.proj_attn.weight";
-    let e = load_error(&broken_copy("legacy", "missing", |w| drop(w.remove(key)), |_| {}));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("legacy"), "missing", |w| drop(w.remove(key)), |_| {}));
     assert!(e.contains("missing tensor 'encoder.mid_block.attentions.0.proj_attn.weight'"), "{e}");
 
     let key = "decoder.up_blocks.0.resnets.1.conv1.weight";
     let wrong = Tensor::zeros([16, 16, 3, 1], DType::F32, &Device::Cpu).unwrap();
-    let e = load_error(&broken_copy("small", "shape", |w| drop(w.insert(key.into(), wrong)), |_| {}));
+    let e = load_error(&common::broken_diffusers_copy(
+        &fixture("small"),
+        "shape",
+        |w| drop(w.insert(key.into(), wrong)),
+        |_| {},
+    ));
     assert!(e.contains(key) && e.contains("[16, 16, 3, 1]") && e.contains("expected [16, 16, 3, 3]"), "{e}");
 
     // A config that says there are no quant convs for a checkpoint that has them.
     let no_quant = |c: &mut serde_json::Map<_, _>| drop(c.insert("use_quant_conv".into(), false.into()));
-    let e = load_error(&broken_copy("legacy", "quant", |_| {}, no_quant));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("legacy"), "quant", |_| {}, no_quant));
     assert!(e.contains("unexpected tensor 'quant_conv."), "{e}");
 
     let attn_block = |c: &mut serde_json::Map<_, _>| {
         drop(c.insert("up_block_types".into(), serde_json::json!(["AttnUpDecoderBlock2D", "UpDecoderBlock2D"])))
     };
-    let e = load_error(&broken_copy("small", "block", |_| {}, attn_block));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("small"), "block", |_| {}, attn_block));
     assert!(e.contains("unsupported block type 'AttnUpDecoderBlock2D' in up_block_types"), "{e}");
 
     let shift = |c: &mut serde_json::Map<_, _>| drop(c.insert("shift_factor".into(), 0.0609.into()));
-    let e = load_error(&broken_copy("small", "shift", |_| {}, shift));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("small"), "shift", |_| {}, shift));
     assert!(e.contains("unsupported option shift_factor = 0.0609") && e.contains("config.json"), "{e}");
 }
 

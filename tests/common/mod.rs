@@ -129,15 +129,16 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 /// A copy of the diffusers model folder `src` (config.json and
-/// diffusion_pytorch_model.safetensors) in `temp_dir(tag)`, with the weights passed
-/// through `edit` and the config through `edit_config`.
+/// diffusion_pytorch_model.safetensors; a fixture's .../<name>/<model>) in a fresh temporary
+/// folder for `tag`, with the weights passed through `edit` and the config through `edit_config`.
 pub fn broken_diffusers_copy(
     src: &Path,
     tag: &str,
     edit: impl FnOnce(&mut HashMap<String, Tensor>),
     edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> PathBuf {
-    let dir = temp_dir(tag);
+    let name = |p: Option<&Path>| p.and_then(Path::file_name).unwrap().to_string_lossy().into_owned();
+    let dir = temp_dir(&format!("{}-{}-{tag}", name(Some(src)), name(src.parent())));
     let text = std::fs::read_to_string(src.join("config.json")).unwrap();
     let mut config: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
     edit_config(&mut config);
@@ -163,6 +164,12 @@ pub fn copy_tensors(src: &Path, dest: &Path, edit: impl Fn(&str, Tensor) -> Opti
     }
     let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     save(dest, &named).unwrap();
+}
+
+/// The error of loading the broken copy `dir` (`result`), asserted to be one line; removes `dir`.
+pub fn load_error_removing<T>(dir: &Path, result: foil::Result<T>) -> String {
+    let _ = std::fs::remove_dir_all(dir);
+    one_line_error(result)
 }
 
 /// The error of a load that must fail, asserted to be one line.
