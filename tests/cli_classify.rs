@@ -22,6 +22,12 @@ fn foil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_foil")).args(args).output().expect("the foil binary runs")
 }
 
+/// `foil classify` on the CPU of `model` as `arch` over `input`, with `more` arguments.
+fn classify(arch: &str, model: &Path, input: &Path, more: &[&str]) -> Output {
+    let (model, input) = (model.to_str().unwrap(), input.to_str().unwrap());
+    foil(&[&["classify", "--device", "cpu", "--arch", arch, "--model", model, "--input", input][..], more].concat())
+}
+
 fn load(path: &Path, name: &str) -> Vec<f32> {
     SafetensorsFile::open(path).unwrap().load(name, DType::F32, &Device::Cpu).unwrap().to_vec_f32().unwrap()
 }
@@ -33,8 +39,7 @@ fn logits_match_torchvision() {
         let model = Path::new(FIXTURES).join(format!("{arch}.safetensors"));
         let io = Path::new(FIXTURES).join(format!("{arch}-io.safetensors"));
         let out = dir.join("logits.safetensors");
-        let args = ["classify", "--device", "cpu", "--arch", arch, "--model", model.to_str().unwrap(), "--input"];
-        let run = foil(&[&args[..], &[io.to_str().unwrap(), "--save-tensor", out.to_str().unwrap()]].concat());
+        let run = classify(arch, &model, &io, &["--save-tensor", out.to_str().unwrap()]);
         assert!(run.status.success(), "{arch}: {}", String::from_utf8_lossy(&run.stderr));
         let want: Vec<f64> = load(&io, "logits").into_iter().map(f64::from).collect();
         let err = common::rel_err(&load(&out, "logits"), &want);
@@ -51,56 +56,19 @@ fn png_input_and_printed_top_classes() {
     let png = dir.join("x.png");
     image::write_png(&png, &images, 0).unwrap();
     let model = Path::new(FIXTURES).join("resnet18.safetensors");
-    let m = model.to_str().unwrap();
     let out = dir.join("png-logits.safetensors");
-    let run = foil(&[
-        "classify",
-        "--device",
-        "cpu",
-        "--arch",
-        "resnet18",
-        "--model",
-        m,
-        "--input",
-        png.to_str().unwrap(),
-        "--save-tensor",
-        out.to_str().unwrap(),
-    ]);
+    let run = classify("resnet18", &model, &png, &["--save-tensor", out.to_str().unwrap()]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     // The PNG rounds the image to 8 bits; the logits of that image through the
     // library must equal what the command wrote.
     let rounded = image::read_png(&png, &Device::Cpu).unwrap();
     let again = dir.join("rounded.safetensors");
     safetensors::save(&again, &[("images", &rounded)]).unwrap();
-    let run2 = foil(&[
-        "classify",
-        "--device",
-        "cpu",
-        "--arch",
-        "resnet18",
-        "--model",
-        m,
-        "--input",
-        again.to_str().unwrap(),
-        "--save-tensor",
-        again.with_extension("out").to_str().unwrap(),
-    ]);
+    let run2 = classify("resnet18", &model, &again, &["--save-tensor", again.with_extension("out").to_str().unwrap()]);
     assert!(run2.status.success());
     assert_eq!(load(&out, "logits"), load(&again.with_extension("out"), "logits"));
 
-    let run = foil(&[
-        "classify",
-        "--device",
-        "cpu",
-        "--arch",
-        "resnet18",
-        "--model",
-        m,
-        "--input",
-        png.to_str().unwrap(),
-        "--top",
-        "3",
-    ]);
+    let run = classify("resnet18", &model, &png, &["--top", "3"]);
     let text = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success() && text.starts_with("image 0: ") && text.matches('(').count() == 3, "{text}");
 }

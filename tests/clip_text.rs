@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use foil::models::clip_text::ClipTextModel;
-use foil::tensor::safetensors::{save, SafetensorsFile};
+use foil::tensor::safetensors::SafetensorsFile;
 use foil::{DType, Device, Tensor};
 
 const CONFIGS: [&str; 2] = ["quick_gelu", "gelu"];
@@ -23,7 +22,7 @@ fn io(name: &str) -> (Tensor, Vec<f64>) {
     let f = SafetensorsFile::open(fixture(&format!("{name}-io.safetensors"))).unwrap();
     let ids = f.load("input_ids", DType::U32, &Device::Cpu).unwrap();
     let want = f.load("last_hidden_state", DType::F32, &Device::Cpu).unwrap();
-    (ids, want.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect())
+    (ids, common::as_f64(&want))
 }
 
 fn run(name: &str, dtype: DType, device: &Device) -> Vec<f32> {
@@ -69,12 +68,8 @@ fn half_precision_on_the_cpu() {
 
 #[test]
 fn half_precision_on_the_gpu() {
-    match Device::cuda(0) {
-        Ok(gpu) => check_half(&gpu),
-        Err(e) => {
-            let line = format!("SKIPPED clip_text::half_precision_on_the_gpu: no GPU ({e})\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        }
+    if let Some(gpu) = common::cuda_or_skip("clip_text::half_precision_on_the_gpu") {
+        check_half(&gpu);
     }
 }
 
@@ -86,28 +81,15 @@ fn broken_copy(
     edit: impl Fn(&str, Tensor) -> Option<Tensor>,
     config: impl Fn(String) -> String,
 ) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("foil-clip-text-{case}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = SafetensorsFile::open(fixture(name).join("model.safetensors")).unwrap();
-    let mut tensors = vec![];
-    for n in src.names() {
-        let is_index = matches!(src.stored_dtype(&n), Some(safetensors::Dtype::I64 | safetensors::Dtype::I32));
-        let t = src.load(&n, if is_index { DType::U32 } else { DType::F32 }, &Device::Cpu).unwrap();
-        if let Some(t) = edit(&n, t) {
-            tensors.push((n, t));
-        }
-    }
-    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    save(dir.join("model.safetensors"), &named).unwrap();
+    let dir = common::temp_dir(&format!("clip-text-{case}"));
+    common::copy_tensors(&fixture(name).join("model.safetensors"), &dir.join("model.safetensors"), edit);
     let text = std::fs::read_to_string(fixture(name).join("config.json")).unwrap();
     std::fs::write(dir.join("config.json"), config(text)).unwrap();
     dir
 }
 
 fn load_error(dir: &Path) -> String {
-    let e = ClipTextModel::load(dir, DType::F32, &Device::Cpu).err().expect("loading must fail").to_string();
-    assert!(!e.contains('\n'), "one line: {e}");
-    e
+    common::one_line_error(ClipTextModel::load(dir, DType::F32, &Device::Cpu))
 }
 
 #[test]

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use foil::models::resnet::{imagenet_normalize, ResNet, ResNetArch};
-use foil::tensor::safetensors::{save, SafetensorsFile};
+use foil::tensor::safetensors::SafetensorsFile;
 use foil::{DType, Device, Tensor};
 
 const ARCHS: [ResNetArch; 4] =
@@ -28,7 +27,7 @@ fn io(arch: ResNetArch) -> (Tensor, Vec<f64>) {
     let f = SafetensorsFile::open(fixture(&format!("{arch}-io.safetensors"))).unwrap();
     let images = f.load("images", DType::F32, &Device::Cpu).unwrap();
     let logits = f.load("logits", DType::F32, &Device::Cpu).unwrap();
-    (images, logits.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect())
+    (images, common::as_f64(&logits))
 }
 
 fn run(arch: ResNetArch, dtype: DType, device: &Device) -> Vec<f32> {
@@ -89,40 +88,22 @@ fn half_precision_on_the_cpu() {
 
 #[test]
 fn half_precision_on_the_gpu() {
-    match Device::cuda(0) {
-        Ok(gpu) => check_half(&gpu),
-        Err(e) => {
-            let line = format!("SKIPPED resnet::half_precision_on_the_gpu: no GPU ({e})\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        }
+    if let Some(gpu) = common::cuda_or_skip("resnet::half_precision_on_the_gpu") {
+        check_half(&gpu);
     }
 }
 
 /// A copy of `arch`'s fixture in a fresh temporary file, its tensors passed
 /// through `edit` (return None to drop one).
 fn broken_copy(arch: ResNetArch, case: &str, edit: impl Fn(&str, Tensor) -> Option<Tensor>) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("foil-resnet-{case}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = SafetensorsFile::open(weights(arch)).unwrap();
-    let mut tensors = vec![];
-    for n in src.names() {
-        // BatchNorm's num_batches_tracked is an int64 counter.
-        let is_index = matches!(src.stored_dtype(&n), Some(safetensors::Dtype::I64));
-        let t = src.load(&n, if is_index { DType::U32 } else { DType::F32 }, &Device::Cpu).unwrap();
-        if let Some(t) = edit(&n, t) {
-            tensors.push((n, t));
-        }
-    }
-    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let path = dir.join(format!("{arch}-{case}.safetensors"));
-    save(&path, &named).unwrap();
+    let path = common::temp_dir(&format!("resnet-{case}")).join(format!("{arch}-{case}.safetensors"));
+    common::copy_tensors(&weights(arch), &path, edit);
     path
 }
 
 /// The load error of `file` as `arch`, which must be one line naming the file.
 fn load_error(file: &Path, arch: ResNetArch) -> String {
-    let e = ResNet::load(file, arch, DType::F32, &Device::Cpu).err().expect("loading must fail").to_string();
-    assert!(!e.contains('\n'), "one line: {e}");
+    let e = common::one_line_error(ResNet::load(file, arch, DType::F32, &Device::Cpu));
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
     assert!(e.contains(&name), "names the file {name}: {e}");
     e

@@ -8,11 +8,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use foil::models::unet::UNet2DConditionModel;
-use foil::tensor::safetensors::{load_all, save};
+use foil::tensor::safetensors::load_all;
 use foil::{DType, Device, Tensor};
 
 const CONFIGS: [&str; 3] = ["sd1", "sd2", "mixed"];
@@ -25,10 +24,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn io(name: &str) -> HashMap<String, Tensor> {
     load_all(fixture(name).with_file_name("io.safetensors"), DType::F32, &Device::Cpu).unwrap()
-}
-
-fn as_f64(t: &Tensor) -> Vec<f64> {
-    t.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect()
 }
 
 /// The model's output for every (sample i, timestep set j) of the fixture, with its name.
@@ -50,14 +45,7 @@ fn matches_diffusers_in_f32_on_cpu() {
     for name in CONFIGS {
         let model = UNet2DConditionModel::load(&fixture(name), DType::F32, &Device::Cpu).unwrap();
         let io = io(name);
-        let mut worst = 0f64;
-        for (key, out) in run_all(&model, &io) {
-            let want = &io[&key];
-            assert_eq!(out.dims(), want.dims(), "{name} {key}");
-            let e = common::rel_err(&out.to_vec_f32().unwrap(), &as_f64(want));
-            assert!(e < 1e-4, "{name} {key}: relative error {e:.3e}");
-            worst = worst.max(e);
-        }
+        let worst = common::worst_rel_err(name, &run_all(&model, &io), &io, 1e-4);
         eprintln!("unet {name}: f32 cpu worst relative error {worst:.2e}");
     }
 }
@@ -76,50 +64,21 @@ fn reports_its_sizes_and_checks_inputs() {
     assert!(e.contains("encoder_hidden_states"), "{e}");
 }
 
-/// A copy of fixture `name` in a fresh temporary folder, with the weights
-/// passed through `edit` and the config through `edit_config`.
-fn broken_copy(
-    name: &str,
-    tag: &str,
-    edit: impl FnOnce(&mut HashMap<String, Tensor>),
-    edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
-) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("foil-unet-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = fixture(name);
-    let text = std::fs::read_to_string(src.join("config.json")).unwrap();
-    let mut config: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
-    edit_config(&mut config);
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
-    let mut weights = load_all(src.join("diffusion_pytorch_model.safetensors"), DType::F32, &Device::Cpu).unwrap();
-    edit(&mut weights);
-    let named: Vec<(&str, &Tensor)> = weights.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    save(dir.join("diffusion_pytorch_model.safetensors"), &named).unwrap();
-    dir
-}
-
 /// The error loading `dir` gives, which must be one line; removes `dir`.
 fn load_error(dir: &Path) -> String {
-    let result = UNet2DConditionModel::load(dir, DType::F32, &Device::Cpu);
-    let _ = std::fs::remove_dir_all(dir);
-    let e = match result {
-        Ok(_) => panic!("{} loaded", dir.display()),
-        Err(e) => e.to_string(),
-    };
-    assert!(!e.contains('\n'), "not one line: {e}");
-    e
+    common::load_error_removing(dir, UNet2DConditionModel::load(dir, DType::F32, &Device::Cpu))
 }
 
 #[test]
 fn broken_checkpoints_name_the_tensor() {
     let key = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight";
-    let dir = broken_copy("sd1", "missing", |w| drop(w.remove(key)), |_| {});
+    let dir = common::broken_diffusers_copy(&fixture("sd1"), "missing", |w| drop(w.remove(key)), |_| {});
     let e = load_error(&dir);
     assert!(e.contains(&format!("missing tensor '{key}'")), "{e}");
 
     let key = "mid_block.resnets.1.conv2.weight";
-    let dir = broken_copy(
-        "sd2",
+    let dir = common::broken_diffusers_copy(
+        &fixture("sd2"),
         "shape",
         |w| drop(w.insert(key.into(), Tensor::zeros([24, 24, 1, 1], DType::F32, &Device::Cpu).unwrap())),
         |_| {},
@@ -127,8 +86,8 @@ fn broken_checkpoints_name_the_tensor() {
     let e = load_error(&dir);
     assert!(e.contains(key) && e.contains("[24, 24, 1, 1]") && e.contains("expected [24, 24, 3, 3]"), "{e}");
 
-    let dir = broken_copy(
-        "mixed",
+    let dir = common::broken_diffusers_copy(
+        &fixture("mixed"),
         "extra",
         |w| drop(w.insert("class_embedding.weight".into(), Tensor::zeros([3, 32], DType::F32, &Device::Cpu).unwrap())),
         |_| {},
@@ -148,7 +107,7 @@ fn unsupported_config_options_are_named() {
         ("time_embedding_type", r#""fourier""#),
     ] {
         let set = |c: &mut serde_json::Map<_, _>| drop(c.insert(key.into(), serde_json::from_str(value).unwrap()));
-        let dir = broken_copy("sd1", key, |_| {}, set);
+        let dir = common::broken_diffusers_copy(&fixture("sd1"), key, |_| {}, set);
         let e = load_error(&dir);
         assert!(e.contains(&format!("unsupported option {key} = {value}")) && e.contains("config.json"), "{e}");
     }
@@ -158,7 +117,7 @@ fn unsupported_config_options_are_named() {
             serde_json::json!(["AttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
         ))
     };
-    let e = load_error(&broken_copy("sd1", "block", |_| {}, set));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("sd1"), "block", |_| {}, set));
     assert!(e.contains("unsupported up block type 'AttnUpBlock2D'"), "{e}");
 }
 
@@ -166,27 +125,16 @@ fn unsupported_config_options_are_named() {
 /// within 2e-2 (f16) and 8e-2 (bf16) of the largest output value.
 #[test]
 fn half_precision_on_cuda_matches_cpu() {
-    let gpu = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(reason) => {
-            let line = format!("SKIPPED unet::half_precision_on_cuda_matches_cpu: no GPU ({reason})\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            return;
-        }
-    };
+    let Some(gpu) = common::cuda_or_skip("unet::half_precision_on_cuda_matches_cpu") else { return };
     for name in CONFIGS {
         let io = io(name);
         let cpu = UNet2DConditionModel::load(&fixture(name), DType::F32, &Device::Cpu).unwrap();
-        let want = run_all(&cpu, &io);
+        let want: HashMap<String, Tensor> = run_all(&cpu, &io).into_iter().collect();
         for (dtype, tol) in [(DType::F32, 1e-4), (DType::F16, 2e-2), (DType::BF16, 8e-2)] {
             let model = UNet2DConditionModel::load(&fixture(name), dtype, &gpu).unwrap();
-            let mut worst = 0f64;
-            for ((key, got), (_, want)) in run_all(&model, &io).iter().zip(&want) {
-                assert_eq!(got.dtype(), dtype);
-                let e = common::rel_err(&got.to_vec_f32().unwrap(), &as_f64(want));
-                assert!(e < tol, "{name} {key} {dtype:?}: relative error {e:.3e} > {tol:.0e}");
-                worst = worst.max(e);
-            }
+            let got = run_all(&model, &io);
+            assert!(got.iter().all(|(_, t)| t.dtype() == dtype), "{name} {dtype:?}");
+            let worst = common::worst_rel_err(&format!("{name} {dtype:?}"), &got, &want, tol);
             eprintln!("unet {name}: {dtype:?} cuda vs f32 cpu worst relative error {worst:.2e}");
         }
     }

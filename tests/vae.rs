@@ -9,11 +9,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use foil::models::vae::AutoencoderKL;
-use foil::tensor::safetensors::{load_all, save};
+use foil::tensor::safetensors::load_all;
 use foil::{DType, Device, Tensor};
 
 const CONFIGS: [&str; 3] = ["small", "legacy", "noattn"];
@@ -25,10 +24,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn io(name: &str) -> HashMap<String, Tensor> {
     load_all(fixture(name).with_file_name("io.safetensors"), DType::F32, &Device::Cpu).unwrap()
-}
-
-fn as_f64(t: &Tensor) -> Vec<f64> {
-    t.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect()
 }
 
 /// mean.i, logvar.i and decoded.i of the model for every input i of the fixture.
@@ -49,14 +44,7 @@ fn matches_diffusers_in_f32_on_cpu() {
     for name in CONFIGS {
         let model = AutoencoderKL::load(&fixture(name), DType::F32, &Device::Cpu).unwrap();
         let io = io(name);
-        let mut worst = 0f64;
-        for (key, out) in run_all(&model, &io) {
-            let want = &io[&key];
-            assert_eq!(out.dims(), want.dims(), "{name} {key}");
-            let e = common::rel_err(&out.to_vec_f32().unwrap(), &as_f64(want));
-            assert!(e < 1e-4, "{name} {key}: relative error {e:.3e}");
-            worst = worst.max(e);
-        }
+        let worst = common::worst_rel_err(name, &run_all(&model, &io), &io, 1e-4);
         eprintln!("vae {name}: f32 cpu worst relative error {worst:.2e}");
     }
 }
@@ -77,64 +65,40 @@ fn reports_its_sizes_and_checks_inputs() {
     assert!(e.contains("is not (n, 4, h, w)"), "{e}");
 }
 
-/// A copy of fixture `name` in a fresh temporary folder, with the weights
-/// passed through `edit` and the config through `edit_config`.
-fn broken_copy(
-    name: &str,
-    tag: &str,
-    edit: impl FnOnce(&mut HashMap<String, Tensor>),
-    edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
-) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("foil-vae-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = fixture(name);
-    let text = std::fs::read_to_string(src.join("config.json")).unwrap();
-    let mut config: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
-    edit_config(&mut config);
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
-    let mut weights = load_all(src.join("diffusion_pytorch_model.safetensors"), DType::F32, &Device::Cpu).unwrap();
-    edit(&mut weights);
-    let named: Vec<(&str, &Tensor)> = weights.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    save(dir.join("diffusion_pytorch_model.safetensors"), &named).unwrap();
-    dir
-}
-
 /// The error loading `dir` gives, which must be one line; removes `dir`.
 fn load_error(dir: &Path) -> String {
-    let result = AutoencoderKL::load(dir, DType::F32, &Device::Cpu);
-    let _ = std::fs::remove_dir_all(dir);
-    let e = match result {
-        Ok(_) => panic!("{} loaded", dir.display()),
-        Err(e) => e.to_string(),
-    };
-    assert!(!e.contains('\n'), "not one line: {e}");
-    e
+    common::load_error_removing(dir, AutoencoderKL::load(dir, DType::F32, &Device::Cpu))
 }
 
 #[test]
 fn broken_checkpoints_and_configs_are_named() {
     let key = "encoder.mid_block.attentions.0.proj_attn.weight";
-    let e = load_error(&broken_copy("legacy", "missing", |w| drop(w.remove(key)), |_| {}));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("legacy"), "missing", |w| drop(w.remove(key)), |_| {}));
     assert!(e.contains("missing tensor 'encoder.mid_block.attentions.0.proj_attn.weight'"), "{e}");
 
     let key = "decoder.up_blocks.0.resnets.1.conv1.weight";
     let wrong = Tensor::zeros([16, 16, 3, 1], DType::F32, &Device::Cpu).unwrap();
-    let e = load_error(&broken_copy("small", "shape", |w| drop(w.insert(key.into(), wrong)), |_| {}));
+    let e = load_error(&common::broken_diffusers_copy(
+        &fixture("small"),
+        "shape",
+        |w| drop(w.insert(key.into(), wrong)),
+        |_| {},
+    ));
     assert!(e.contains(key) && e.contains("[16, 16, 3, 1]") && e.contains("expected [16, 16, 3, 3]"), "{e}");
 
     // A config that says there are no quant convs for a checkpoint that has them.
     let no_quant = |c: &mut serde_json::Map<_, _>| drop(c.insert("use_quant_conv".into(), false.into()));
-    let e = load_error(&broken_copy("legacy", "quant", |_| {}, no_quant));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("legacy"), "quant", |_| {}, no_quant));
     assert!(e.contains("unexpected tensor 'quant_conv."), "{e}");
 
     let attn_block = |c: &mut serde_json::Map<_, _>| {
         drop(c.insert("up_block_types".into(), serde_json::json!(["AttnUpDecoderBlock2D", "UpDecoderBlock2D"])))
     };
-    let e = load_error(&broken_copy("small", "block", |_| {}, attn_block));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("small"), "block", |_| {}, attn_block));
     assert!(e.contains("unsupported block type 'AttnUpDecoderBlock2D' in up_block_types"), "{e}");
 
     let shift = |c: &mut serde_json::Map<_, _>| drop(c.insert("shift_factor".into(), 0.0609.into()));
-    let e = load_error(&broken_copy("small", "shift", |_| {}, shift));
+    let e = load_error(&common::broken_diffusers_copy(&fixture("small"), "shift", |_| {}, shift));
     assert!(e.contains("unsupported option shift_factor = 0.0609") && e.contains("config.json"), "{e}");
 }
 
@@ -142,27 +106,16 @@ fn broken_checkpoints_and_configs_are_named() {
 /// 8e-2 (bf16) of the largest output value.
 #[test]
 fn half_precision_on_cuda_matches_cpu() {
-    let gpu = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(reason) => {
-            let line = format!("SKIPPED vae::half_precision_on_cuda_matches_cpu: no GPU ({reason})\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            return;
-        }
-    };
+    let Some(gpu) = common::cuda_or_skip("vae::half_precision_on_cuda_matches_cpu") else { return };
     for name in CONFIGS {
         let io = io(name);
         let cpu = AutoencoderKL::load(&fixture(name), DType::F32, &Device::Cpu).unwrap();
-        let want = run_all(&cpu, &io);
+        let want: HashMap<String, Tensor> = run_all(&cpu, &io).into_iter().collect();
         for (dtype, tol) in [(DType::F32, 1e-4), (DType::F16, 2e-2), (DType::BF16, 8e-2)] {
             let model = AutoencoderKL::load(&fixture(name), dtype, &gpu).unwrap();
-            let mut worst = 0f64;
-            for ((key, got), (_, want)) in run_all(&model, &io).iter().zip(&want) {
-                assert_eq!(got.dtype(), dtype);
-                let e = common::rel_err(&got.to_vec_f32().unwrap(), &as_f64(want));
-                assert!(e < tol, "{name} {key} {dtype:?}: relative error {e:.3e} > {tol:.0e}");
-                worst = worst.max(e);
-            }
+            let got = run_all(&model, &io);
+            assert!(got.iter().all(|(_, t)| t.dtype() == dtype), "{name} {dtype:?}");
+            let worst = common::worst_rel_err(&format!("{name} {dtype:?}"), &got, &want, tol);
             eprintln!("vae {name}: {dtype:?} cuda vs f32 cpu worst relative error {worst:.2e}");
         }
     }

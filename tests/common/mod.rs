@@ -1,9 +1,16 @@
-//! Helpers shared by the op tests: a fresh seed per run (printed, and
-//! reproducible with FOIL_TEST_SEED), random data and the relative error.
+//! Helpers shared by the tests: a fresh seed per run (printed, and
+//! reproducible with FOIL_TEST_SEED), random data and the relative error; for
+//! the model tests, the GPU or a SKIPPED line, output comparison and broken
+//! copies of checkpoints.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use foil::{Conv2dOptions, Rng};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use foil::tensor::safetensors::{load_all, save, SafetensorsFile};
+use foil::{Conv2dOptions, DType, Device, Rng, Tensor};
 
 /// A generator for the test `name`: from FOIL_TEST_SEED when set, else from the
 /// clock, so every run sees fresh inputs. The seed is printed, and shown when a
@@ -81,4 +88,93 @@ pub fn conv_cases() -> Vec<([usize; 4], [usize; 4], Conv2dOptions, bool)> {
         ([1, 3, 4, 4], [2, 3, 5, 5], opt(1, 1, 1, 1), true),
         ([1, 2, 8, 8], [3, 2, 4, 2], uneven, true),
     ]
+}
+
+/// The GPU, or None after printing the SKIPPED line of `test` (as "file::test") when there is none.
+pub fn cuda_or_skip(test: &str) -> Option<Device> {
+    match Device::cuda(0) {
+        Ok(gpu) => Some(gpu),
+        Err(reason) => {
+            let line = format!("SKIPPED {test}: no GPU ({reason})\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            None
+        }
+    }
+}
+
+/// The values of `t` as f64, the reference side of `rel_err`.
+pub fn as_f64(t: &Tensor) -> Vec<f64> {
+    t.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect()
+}
+
+/// The worst relative error of the named outputs `got` against the same-named tensors of
+/// `want`, asserting each has the reference's dims and is within `tol`; `what` names the case.
+pub fn worst_rel_err(what: &str, got: &[(String, Tensor)], want: &HashMap<String, Tensor>, tol: f64) -> f64 {
+    let mut worst = 0f64;
+    for (key, out) in got {
+        let want = &want[key];
+        assert_eq!(out.dims(), want.dims(), "{what} {key}");
+        let e = rel_err(&out.to_vec_f32().unwrap(), &as_f64(want));
+        assert!(e < tol, "{what} {key}: relative error {e:.3e} > {tol:.0e}");
+        worst = worst.max(e);
+    }
+    worst
+}
+
+/// A fresh temporary folder for the broken copy `tag`.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("foil-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A copy of the diffusers model folder `src` (config.json and
+/// diffusion_pytorch_model.safetensors; a fixture's .../<name>/<model>) in a fresh temporary
+/// folder for `tag`, with the weights passed through `edit` and the config through `edit_config`.
+pub fn broken_diffusers_copy(
+    src: &Path,
+    tag: &str,
+    edit: impl FnOnce(&mut HashMap<String, Tensor>),
+    edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> PathBuf {
+    let name = |p: Option<&Path>| p.and_then(Path::file_name).unwrap().to_string_lossy().into_owned();
+    let dir = temp_dir(&format!("{}-{}-{tag}", name(Some(src)), name(src.parent())));
+    let text = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let mut config: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    edit_config(&mut config);
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let mut weights = load_all(src.join("diffusion_pytorch_model.safetensors"), DType::F32, &Device::Cpu).unwrap();
+    edit(&mut weights);
+    let named: Vec<(&str, &Tensor)> = weights.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    save(dir.join("diffusion_pytorch_model.safetensors"), &named).unwrap();
+    dir
+}
+
+/// Writes the tensors of the safetensors file `src` to `dest`, in order, each passed through
+/// `edit` (None drops it); integer tensors (token positions, BatchNorm's step counter) as U32.
+pub fn copy_tensors(src: &Path, dest: &Path, edit: impl Fn(&str, Tensor) -> Option<Tensor>) {
+    let src = SafetensorsFile::open(src).unwrap();
+    let mut tensors = vec![];
+    for n in src.names() {
+        let is_index = matches!(src.stored_dtype(&n), Some(safetensors::Dtype::I64 | safetensors::Dtype::I32));
+        let t = src.load(&n, if is_index { DType::U32 } else { DType::F32 }, &Device::Cpu).unwrap();
+        if let Some(t) = edit(&n, t) {
+            tensors.push((n, t));
+        }
+    }
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save(dest, &named).unwrap();
+}
+
+/// The error of loading the broken copy `dir` (`result`), asserted to be one line; removes `dir`.
+pub fn load_error_removing<T>(dir: &Path, result: foil::Result<T>) -> String {
+    let _ = std::fs::remove_dir_all(dir);
+    one_line_error(result)
+}
+
+/// The error of a load that must fail, asserted to be one line.
+pub fn one_line_error<T>(result: foil::Result<T>) -> String {
+    let e = result.err().expect("loading must fail").to_string();
+    assert!(!e.contains('\n'), "not one line: {e}");
+    e
 }

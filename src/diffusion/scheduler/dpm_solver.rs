@@ -3,7 +3,7 @@
 //! previous step's x0, which the fused step writes out alongside the new sample.
 
 use super::config::{FinalSigma, Prediction, SchedulerConfig, Spacing, FINAL_SIGMAS, SPACINGS};
-use super::{check_step, check_steps, mix, run_step, schedule, x0_coefficients, Scheduler, SchedulerKind};
+use super::{check_steps, mix, schedule, x0_coefficients, Schedule, SchedulerKind, StepRule};
 use crate::device::SchedulerStep;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -131,13 +131,34 @@ fn lambda(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
 }
 
-impl Scheduler for DpmSolver {
-    fn kind(&self) -> SchedulerKind {
-        SchedulerKind::DpmSolverMultistep
+impl Schedule for DpmSolver {
+    fn num_inference_steps(&self) -> usize {
+        self.steps
+    }
+
+    fn timesteps(&self) -> &[f32] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        (!self.sigmas.is_empty()).then_some(self.sigmas.as_slice())
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
+        mix(original, noise, alpha, sigma)
+    }
+}
+
+impl StepRule for DpmSolver {
+    const KIND: SchedulerKind = SchedulerKind::DpmSolverMultistep;
+
+    fn schedule(&self) -> &dyn Schedule {
+        self
     }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        check_steps(self.kind(), steps, None)?;
+        check_steps(Self::KIND, steps, None)?;
         let train = schedule::train_sigmas(&self.alphas_cumprod);
         let (timesteps, sigmas) = if self.karras {
             let sigma_min = self.sigma_min.unwrap_or(train[0] as f64);
@@ -169,42 +190,13 @@ impl Scheduler for DpmSolver {
         Ok(())
     }
 
-    fn num_inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        (!self.sigmas.is_empty()).then_some(self.sigmas.as_slice())
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(self.kind(), step, &self.timesteps)?;
-        Ok(sample.clone())
-    }
-
-    fn step(
-        &mut self,
-        model_output: &Tensor,
-        guidance: Option<f32>,
-        step: usize,
-        sample: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_step(self.kind(), step, &self.timesteps)?;
+    fn coefficients(&self, step: usize) -> Result<(SchedulerStep, Option<Tensor>)> {
         let previous = match &self.history {
             Some((x0, at)) if at + 1 == step => Some(x0.clone()),
             Some((_, at)) => {
                 return Err(Error::Usage(format!(
                     "{} scheduler: step {step} after step {at}: multistep steps must run in order",
-                    self.kind()
+                    Self::KIND
                 )))
             }
             None => None,
@@ -224,7 +216,6 @@ impl Scheduler for DpmSolver {
             x0_m,
             out_x: sigma_t / sigma_s0,
             out_x0: -a,
-            guidance,
             keep_x0: self.solver_order == 2 && !last,
             ..Default::default()
         };
@@ -240,22 +231,14 @@ impl Scheduler for DpmSolver {
             coefficients.out_x0 += d1;
             coefficients.out_prev = -d1;
         }
-        let (out, x0) = run_step(self.kind(), sample, model_output, noise, previous.as_ref(), &coefficients)?;
-        self.history = x0.map(|x0| (x0, step));
-        Ok(out)
+        Ok((coefficients, previous))
     }
 
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        check_step(self.kind(), step, &self.timesteps)?;
-        let (alpha, sigma) = alpha_sigma(self.sigmas[step]);
-        mix(original, noise, alpha, sigma)
+    fn keep_x0(&mut self, step: usize, x0: Option<Tensor>) {
+        self.history = x0.map(|x0| (x0, step));
     }
 
     fn needs_noise(&self) -> bool {
         false
-    }
-
-    fn order(&self) -> usize {
-        1
     }
 }

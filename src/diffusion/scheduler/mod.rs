@@ -24,10 +24,12 @@
 mod config;
 mod ddim;
 mod ddpm;
+mod discrete;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
 mod schedule;
+mod sigma;
 
 use std::fmt;
 use std::path::Path;
@@ -260,19 +262,109 @@ fn x0_coefficients(prediction: Prediction, alpha: f32, sigma: f32) -> (f32, f32)
     }
 }
 
-/// Runs the fused step, with a scheduler-level error when a noise term has no noise.
-fn run_step(
-    kind: SchedulerKind,
-    sample: &Tensor,
-    model_output: &Tensor,
-    noise: Option<&Tensor>,
-    prev_x0: Option<&Tensor>,
-    coefficients: &SchedulerStep,
-) -> Result<(Tensor, Option<Tensor>)> {
-    if coefficients.out_noise != 0.0 && noise.is_none() {
-        return Err(Error::Usage(format!("{kind} scheduler: this step adds noise, but no noise was given")));
+/// The schedule a scheduler holds (`DiscreteSchedule`, `SigmaSchedule`, or DPM-Solver's own),
+/// which answers the `Scheduler` methods that read it. Steps given to it are checked already.
+trait Schedule {
+    fn num_inference_steps(&self) -> usize;
+
+    fn timesteps(&self) -> &[f32];
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        None
     }
-    sample.scheduler_step(model_output, noise, prev_x0, coefficients)
+
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor>;
+}
+
+/// What sets one scheduler apart: its schedule and the fused-step coefficients of a step.
+/// `Scheduler` is implemented from this for all of them, so the step checks, guidance and the
+/// fused op are in one place.
+trait StepRule: Send {
+    const KIND: SchedulerKind;
+
+    fn schedule(&self) -> &dyn Schedule;
+
+    fn set_timesteps(&mut self, steps: usize) -> Result<()>;
+
+    /// The coefficients of step `step` (a checked step), guidance aside, and the x0 of the
+    /// previous step where a multistep update uses it.
+    fn coefficients(&self, step: usize) -> Result<(SchedulerStep, Option<Tensor>)>;
+
+    /// Receives the x0 the fused step kept (`keep_x0`) at step `step`.
+    fn keep_x0(&mut self, _step: usize, _x0: Option<Tensor>) {}
+
+    fn needs_noise(&self) -> bool;
+}
+
+impl<R: StepRule> Scheduler for R {
+    fn kind(&self) -> SchedulerKind {
+        R::KIND
+    }
+
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
+        StepRule::set_timesteps(self, steps)
+    }
+
+    fn num_inference_steps(&self) -> usize {
+        self.schedule().num_inference_steps()
+    }
+
+    fn timesteps(&self) -> &[f32] {
+        self.schedule().timesteps()
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        self.schedule().sigmas()
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        self.schedule().init_noise_sigma()
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
+        check_step(R::KIND, step, self.timesteps())?;
+        self.schedule().scale_model_input(sample, step)
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        guidance: Option<f32>,
+        step: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        check_step(R::KIND, step, self.timesteps())?;
+        let (coefficients, prev_x0) = self.coefficients(step)?;
+        let coefficients = SchedulerStep { guidance, ..coefficients };
+        if coefficients.out_noise != 0.0 && noise.is_none() {
+            return Err(Error::Usage(format!("{} scheduler: this step adds noise, but no noise was given", R::KIND)));
+        }
+        let (out, x0) = sample.scheduler_step(model_output, noise, prev_x0.as_ref(), &coefficients)?;
+        self.keep_x0(step, x0);
+        Ok(out)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        check_step(R::KIND, step, self.timesteps())?;
+        self.schedule().add_noise(original, noise, step)
+    }
+
+    fn needs_noise(&self) -> bool {
+        StepRule::needs_noise(self)
+    }
+
+    fn order(&self) -> usize {
+        1
+    }
 }
 
 /// `original`·a + `noise`·b as one fused op.
