@@ -31,6 +31,9 @@ impl Weights {
     /// The tensors of `paths` (the shards of one checkpoint), to be loaded as
     /// `dtype` on `device`. A name present in two shards is an error.
     pub fn open(paths: &[PathBuf], dtype: DType, device: &Device) -> Result<Weights> {
+        if paths.is_empty() {
+            return Err(Error::Usage("a checkpoint needs at least one safetensors file".into()));
+        }
         let files = paths.iter().map(SafetensorsFile::open).collect::<Result<Vec<_>>>()?;
         let mut seen = BTreeSet::new();
         for file in &files {
