@@ -11,7 +11,7 @@ mod common;
 
 use common::{cpu_fma_peak, time_cpu, time_gpu};
 use foil::device::cuda::cublas::Cublas;
-use foil::device::{BackendStorage, Storage};
+use foil::device::{BackendStorage, SchedulerStep, Storage};
 use foil::{Conv2dOptions, DType, Device, Rng, Tensor};
 
 /// What one call of an op does: floating-point operations or bytes moved.
@@ -204,6 +204,31 @@ fn run(dev: &Device, dtype: DType, filter: &[String], rng: &mut Rng) {
         let x = randn(&[rows, cols], dtype, dev, rng);
         let seconds = time(&mut || drop(x.softmax(-1).unwrap()));
         let work = Work::Bytes(2.0 * x.numel() as f64 * size);
+        print_row(&Row { name: row_name, seconds, work, reference: bandwidth.clone() });
+    }
+    // A DPM-Solver++ 2M step with guidance: the heaviest of the fused scheduler steps.
+    for (name, dims) in [("sd15 latents 1x4x64x64 CFG", [1, 4, 64, 64]), ("latents 8x4x128x128 CFG", [8, 4, 128, 128])]
+    {
+        let row_name = label("scheduler_step", name);
+        if !wanted(&row_name) {
+            continue;
+        }
+        let x = randn(&dims, dtype, dev, rng);
+        let model = randn(&[2 * dims[0], dims[1], dims[2], dims[3]], dtype, dev, rng);
+        let prev = randn(&dims, dtype, dev, rng);
+        let step = SchedulerStep {
+            x0_x: 0.9,
+            x0_m: -0.4,
+            out_x0: 0.7,
+            out_x: 0.3,
+            out_prev: -0.2,
+            guidance: Some(7.5),
+            keep_x0: true,
+            ..Default::default()
+        };
+        let seconds = time(&mut || drop(x.scheduler_step(&model, None, Some(&prev), &step).unwrap()));
+        // Reads x, both model halves and the previous x0; writes the sample and x0.
+        let work = Work::Bytes(6.0 * x.numel() as f64 * size);
         print_row(&Row { name: row_name, seconds, work, reference: bandwidth.clone() });
     }
 }
