@@ -1,9 +1,11 @@
-// Elementwise kernels: activations, scaling, broadcast binary arithmetic, dtype casts.
+// Elementwise kernels: activations, scaling, clamping, GEGLU, broadcast binary arithmetic, dtype casts.
 //
 //   unary_T(x, y, n, op)             y[i] = act(x[i]); op 0 silu x·σ(x), 1 gelu 0.5x(1+erf(x/√2)),
 //                                    2 gelu_tanh 0.5x(1+tanh(√(2/π)(x+0.044715x³))),
 //                                    3 quick_gelu x·σ(1.702x), 4 relu max(x, 0) (NaN -> 0, as Rust's max)
 //   scale_T(x, y, n, factor)         y[i] = x[i]·factor
+//   clamp_T(x, y, n, lo, hi)         y[i] = min(max(x[i], lo), hi), NaN stays NaN (PyTorch's clamp)
+//   geglu_T(x, y, rows, d)           y[r, j] = x[r, j]·gelu(x[r, d + j]) over x (rows, 2d), y (rows, d)
 //   binary_T(a, b, y, n, op, args)   y[i] = a[oa(i)] op b[ob(i)], op 0 add, 1 sub, 2 mul, 3 div; i decomposes
 //                                    row-major into args.dims, oa/ob = Σ idx[d]·{lhs,rhs}_strides[d]
 //   cast_S_D(x, y, n)                y[i] = D(x[i]), S ≠ D in {f32, f16, bf16, u32}; u32 -> float rounds to
@@ -12,8 +14,9 @@
 //
 // Launch: grid-stride, 256 threads a block, at most 32 blocks an SM (correct for any grid).
 //
-// Roofline: memory-bound. Bytes an element = read + write: unary/scale 2·sizeof(T) (8 B f32, 4 B
-// f16/bf16), binary 3·sizeof(T) (a broadcast operand is mostly L1/L2 hits), cast sizeof(S)+sizeof(D).
+// Roofline: memory-bound. Bytes an element = read + write: unary/scale/clamp 2·sizeof(T) (8 B f32, 4 B
+// f16/bf16), binary and geglu (an output) 3·sizeof(T) (a broadcast operand is mostly L1/L2 hits), cast
+// sizeof(S)+sizeof(D).
 // The target is HBM bandwidth, ~3.3 TB/s on H100 SXM: ~410 G elem/s for f32 unary, ~825 G for f16.
 // Each thread moves 16 B an access (one 512 B warp transaction) when the pointers are 16 B aligned,
 // which whole cudarc allocations are; the tail and misaligned pointers fall back to coalesced scalar
@@ -96,6 +99,11 @@ struct QuickGelu {
 struct Relu {
     __device__ float operator()(float x) const { return fmaxf(x, 0.0f); }
 };
+struct Clamp {
+    float lo, hi;
+    // fmaxf and fminf return the other operand for a NaN one, so NaN is passed through first.
+    __device__ float operator()(float x) const { return x != x ? x : fminf(fmaxf(x, lo), hi); }
+};
 struct Scale {
     float factor;
     __device__ float operator()(float x) const { return x * factor; }
@@ -122,6 +130,41 @@ __device__ __forceinline__ void unary_impl(const T* __restrict__ x, T* __restric
         case 2: map_f32(x, y, n, GeluTanh{}); break;
         case 3: map_f32(x, y, n, QuickGelu{}); break;
         default: map_f32(x, y, n, Relu{}); break;
+    }
+}
+
+// ---- GEGLU ---------------------------------------------------------------------------------
+
+// y[r, j] = h·gelu(g) with h = x[r, j], g = x[r, d + j]: the projection is read once and only the
+// product written. When d is a multiple of the pack length, a pack of outputs lies in one row and both
+// of its input packs are aligned too; otherwise one element at a time. Indices stay below the input's
+// length, which the launcher keeps under 2^32.
+template <typename T>
+__device__ __forceinline__ void geglu_impl(const T* __restrict__ x, T* __restrict__ y, u32 rows, u32 d) {
+    constexpr int N = 16 / sizeof(T);
+    const size_t start = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    const Gelu gelu;
+    if (d % N == 0 && aligned16(x) && aligned16(y)) {
+        const u32 dp = d / N;
+        const u32 packs = rows * dp;
+        const Pack<T, N>* __restrict__ xv = reinterpret_cast<const Pack<T, N>*>(x);
+        Pack<T, N>* __restrict__ yv = reinterpret_cast<Pack<T, N>*>(y);
+        for (size_t i = start; i < packs; i += stride) {
+            const u32 r = (u32)i / dp;
+            const u32 at = (u32)i + r * dp;  // r·2dp + j with j = i − r·dp
+            const Pack<T, N> h = xv[at], g = xv[at + dp];
+            Pack<T, N> out;
+#pragma unroll
+            for (int k = 0; k < N; ++k) out.v[k] = from_f32<T>(to_f32(h.v[k]) * gelu(to_f32(g.v[k])));
+            yv[i] = out;
+        }
+        return;
+    }
+    const u32 n = rows * d;
+    for (size_t i = start; i < n; i += stride) {
+        const u32 at = (u32)i + ((u32)i / d) * d;
+        y[i] = from_f32<T>(to_f32(x[at]) * gelu(to_f32(x[at + d])));
     }
 }
 
@@ -241,6 +284,14 @@ struct CastOp {
     extern "C" __global__ void __launch_bounds__(256)                                                            \
         scale_##NAME(const T* __restrict__ x, T* __restrict__ y, u32 n, float factor) {                          \
         map_f32(x, y, n, Scale{factor});                                                                         \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                            \
+        clamp_##NAME(const T* __restrict__ x, T* __restrict__ y, u32 n, float lo, float hi) {                    \
+        map_f32(x, y, n, Clamp{lo, hi});                                                                         \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                            \
+        geglu_##NAME(const T* __restrict__ x, T* __restrict__ y, u32 rows, u32 d) {                              \
+        geglu_impl<T>(x, y, rows, d);                                                                            \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256) binary_##NAME(                                             \
         const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, u32 n, int op, BroadcastArgs args) { \

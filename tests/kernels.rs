@@ -40,6 +40,8 @@ fn expected() -> Vec<(&'static str, Vec<Entry>)> {
     let elementwise = [
         ("unary", &[PTR, PTR, U32, U32][..]),
         ("scale", &[PTR, PTR, U32, U32]),
+        ("clamp", &[PTR, PTR, U32, U32, U32]),
+        ("geglu", &[PTR, PTR, U32, U32]),
         ("binary", &[PTR, PTR, PTR, U32, U32, BROADCAST_ARGS]),
     ];
     let reduce = [

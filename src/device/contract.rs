@@ -191,6 +191,11 @@ pub trait BackendStorage: Sized {
     fn unary(&self, op: UnaryOp) -> Result<Self>;
     /// x · factor.
     fn scale(&self, factor: f32) -> Result<Self>;
+    /// min(max(x, lo), hi), NaN staying NaN (PyTorch's clamp).
+    fn clamp(&self, lo: f32, hi: f32) -> Result<Self>;
+    /// GEGLU of (rows, 2·d) into (rows, d): h · gelu(g) with [h, g] the halves of each row
+    /// and the exact erf GELU.
+    fn geglu(&self, rows: usize, d: usize) -> Result<Self>;
     fn binary(&self, op: BinaryOp, rhs: &Self, layout: &BroadcastLayout) -> Result<Self>;
     fn reduce(&self, op: ReduceOp, shape: ReduceShape) -> Result<Self>;
     /// Softmax (or log-softmax) over the last axis of (rows, cols).

@@ -217,6 +217,14 @@ impl BackendStorage for Storage {
         each_backend!(self, |s| s.scale(factor))
     }
 
+    fn clamp(&self, lo: f32, hi: f32) -> Result<Self> {
+        each_backend!(self, |s| s.clamp(lo, hi))
+    }
+
+    fn geglu(&self, rows: usize, d: usize) -> Result<Self> {
+        each_backend!(self, |s| s.geglu(rows, d))
+    }
+
     fn binary(&self, op: BinaryOp, rhs: &Self, layout: &BroadcastLayout) -> Result<Self> {
         same_backend!("binary", self, rhs, |a, b| a.binary(op, b, layout), a.binary(op, b, layout))
     }

@@ -8,7 +8,6 @@ use std::path::Path;
 use super::unet::blocks::{DownBlock, UpDecoderBlock};
 use super::unet::config::JsonConfig;
 use super::unet::mid_blocks::UNetMidBlock2D;
-use super::unet::ops::clamp;
 use super::unet::resnet_block::ResnetOptions;
 use crate::device::{DType, Device};
 use crate::error::{shape_err, Result};
@@ -233,7 +232,7 @@ impl AutoencoderKL {
         };
         let lat = self.config.latent_channels;
         let mut parts = moments.split(&[lat, lat], 1)?;
-        let logvar = clamp(&parts.remove(1), -30.0, 20.0)?;
+        let logvar = parts.remove(1).clamp(-30.0, 20.0)?;
         Ok((parts.remove(0), logvar))
     }
 

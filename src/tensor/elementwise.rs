@@ -1,8 +1,8 @@
-//! Activations, scaling, and binary arithmetic with NumPy broadcasting.
+//! Activations, scaling, clamping, GEGLU, and binary arithmetic with NumPy broadcasting.
 
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, BinaryOp, BroadcastLayout, UnaryOp, MAX_DIMS};
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 
 /// The broadcast output shape of `a` and `b` and the collapsed layout the
 /// backends iterate: size-1 dimensions dropped, runs that are contiguous in
@@ -82,6 +82,30 @@ impl Tensor {
     pub fn scale(&self, factor: f32) -> Result<Tensor> {
         self.check_float("scale")?;
         Ok(Tensor::from_storage(self.storage.scale(factor)?, self.shape.clone()))
+    }
+
+    /// min(max(x, lo), hi) elementwise, as torch.clamp: NaN stays NaN, and lo > hi gives hi.
+    pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
+        self.check_float("clamp")?;
+        if lo.is_nan() || hi.is_nan() {
+            return Err(Error::Usage(format!("clamp: bounds must be numbers, got [{lo}, {hi}]")));
+        }
+        Ok(Tensor::from_storage(self.storage.clamp(lo, hi)?, self.shape.clone()))
+    }
+
+    /// GEGLU of (..., 2·d) into (..., d): h · gelu(g) with [h, g] the two halves of the last
+    /// axis and the exact (erf) GELU, as diffusers' GEGLU after its projection.
+    pub fn geglu(&self) -> Result<Tensor> {
+        self.check_float("geglu")?;
+        let Some((&last, lead)) = self.dims().split_last() else {
+            return shape_err("geglu", "a scalar has no last axis to halve");
+        };
+        if last % 2 != 0 {
+            return shape_err("geglu", format!("last axis of {} is odd, so it does not halve", self.shape));
+        }
+        let (rows, d) = (lead.iter().product(), last / 2);
+        let dims = [lead, &[d]].concat();
+        Ok(Tensor::from_storage(self.storage.geglu(rows, d)?, Shape::new(dims)))
     }
 
     fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {

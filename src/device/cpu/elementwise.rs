@@ -56,6 +56,30 @@ pub(crate) fn scale(x: &[f32], factor: f32) -> Vec<f32> {
     x.par_iter().with_min_len(PAR_MIN).map(|&v| v * factor).collect()
 }
 
+/// min(max(x, lo), hi) as PyTorch computes it: NaN stays NaN, and lo > hi gives hi.
+pub(crate) fn clamp(x: &[f32], lo: f32, hi: f32) -> Vec<f32> {
+    x.par_iter().with_min_len(PAR_MIN).map(|&v| if v.is_nan() { v } else { v.max(lo).min(hi) }).collect()
+}
+
+/// Each row [h, g] of (rows, 2·d) to h · gelu(g), d elements.
+pub(crate) fn geglu(x: &[f32], rows: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * d];
+    if d == 0 {
+        return out;
+    }
+    let rows_per_task = (PAR_MIN / d).max(1);
+    out.par_chunks_mut(d * rows_per_task).enumerate().for_each(|(task, chunk)| {
+        for (r, row) in chunk.chunks_mut(d).enumerate() {
+            let start = (task * rows_per_task + r) * 2 * d;
+            let (h, g) = x[start..start + 2 * d].split_at(d);
+            for ((o, &hv), &gv) in row.iter_mut().zip(h).zip(g) {
+                *o = hv * activation(UnaryOp::Gelu, gv);
+            }
+        }
+    });
+    out
+}
+
 #[inline(always)]
 fn apply(op: BinaryOp, a: f32, b: f32) -> f32 {
     match op {

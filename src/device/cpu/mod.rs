@@ -153,6 +153,14 @@ impl BackendStorage for CpuStorage {
         self.map_f32("scale", |x| elementwise::scale(x, factor))
     }
 
+    fn clamp(&self, lo: f32, hi: f32) -> Result<Self> {
+        self.map_f32("clamp", |x| elementwise::clamp(x, lo, hi))
+    }
+
+    fn geglu(&self, rows: usize, d: usize) -> Result<Self> {
+        self.map_f32("geglu", |x| elementwise::geglu(x, rows, d))
+    }
+
     fn binary(&self, op: BinaryOp, rhs: &Self, layout: &BroadcastLayout) -> Result<Self> {
         let (a, b) = (self.f32s("binary")?, rhs.f32s("binary")?);
         Ok(CpuStorage::from_f32(elementwise::binary(op, &a, &b, layout), self.dtype()))

@@ -203,6 +203,28 @@ impl BackendStorage for CudaStorage {
         Ok(out)
     }
 
+    fn clamp(&self, lo: f32, hi: f32) -> Result<Self> {
+        let mut out = self.output(self.len, self.dtype)?;
+        if self.len > 0 {
+            let name = format!("clamp_{}", self.float_kernel("clamp")?);
+            let n = self.len as u32;
+            let cfg = self.device.grid_stride(self.len);
+            launch!(&self.device, "elementwise", name, cfg, &self.buf, &mut out.buf, &n, &lo, &hi);
+        }
+        Ok(out)
+    }
+
+    fn geglu(&self, rows: usize, d: usize) -> Result<Self> {
+        let mut out = self.output(rows * d, self.dtype)?;
+        if rows * d > 0 {
+            let name = format!("geglu_{}", self.float_kernel("geglu")?);
+            let (r, d32) = (rows as u32, d as u32);
+            let cfg = self.device.grid_stride(rows * d);
+            launch!(&self.device, "elementwise", name, cfg, &self.buf, &mut out.buf, &r, &d32);
+        }
+        Ok(out)
+    }
+
     fn binary(&self, op: BinaryOp, rhs: &Self, layout: &BroadcastLayout) -> Result<Self> {
         let n: usize = layout.dims.iter().product();
         let mut out = self.output(n, self.dtype)?;

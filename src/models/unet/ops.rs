@@ -1,6 +1,6 @@
 //! Ops the diffusers models need that the device contract lacks, composed from
-//! tensor ops: a scalar affine map, clamping, zero padding on the right and
-//! bottom, and nearest resizing to an odd size.
+//! tensor ops: a scalar affine map, zero padding on the right and bottom, and
+//! nearest resizing to an odd size.
 
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -14,14 +14,6 @@ pub(crate) fn scalar_like(value: f32, like: &Tensor) -> Result<Tensor> {
 /// x·a + b.
 pub(crate) fn affine(x: &Tensor, a: f32, b: f32) -> Result<Tensor> {
     x.scale(a)?.add(&scalar_like(b, x)?)
-}
-
-/// x clamped to [lo, hi], as lo + relu(x − lo) and then hi − relu(hi − y)
-/// (a fused clamp would be one pass instead of six).
-pub(crate) fn clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
-    let (lo, hi) = (scalar_like(lo, x)?, scalar_like(hi, x)?);
-    let y = x.sub(&lo)?.relu()?.add(&lo)?;
-    hi.sub(&hi.sub(&y)?.relu()?)
 }
 
 /// (n, c, h, w) padded with one row of zeros at the bottom and one column at
@@ -89,10 +81,9 @@ mod tests {
     }
 
     #[test]
-    fn clamp_pad_and_resize() {
+    fn pad_and_resize() {
         let dev = Device::Cpu;
         let x = Tensor::from_f32(vec![-40.0, -3.5, 0.25, 25.0], [1, 1, 2, 2], &dev).unwrap();
-        assert_eq!(clamp(&x, -30.0, 20.0).unwrap().to_vec_f32().unwrap(), [-30.0, -3.5, 0.25, 20.0]);
         let p = pad_right_bottom(&x).unwrap();
         assert_eq!(p.dims(), [1, 1, 3, 3]);
         assert_eq!(p.to_vec_f32().unwrap(), [-40.0, -3.5, 0.0, 0.25, 25.0, 0.0, 0.0, 0.0, 0.0]);

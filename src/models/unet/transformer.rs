@@ -122,7 +122,6 @@ impl BasicTransformerBlock {
 struct FeedForward {
     proj: Linear,
     out: Linear,
-    inner: usize,
 }
 
 impl FeedForward {
@@ -131,16 +130,11 @@ impl FeedForward {
         Ok(FeedForward {
             proj: Linear::load(&w.pp("net.0.proj"), dim, 2 * inner, true)?,
             out: Linear::load(&w.pp("net.2"), inner, dim, true)?,
-            inner,
         })
     }
 
-    /// Splitting the projection into value and gate copies both halves; a
-    /// fused GEGLU kernel would read the projection once and write the product.
+    /// The fused GEGLU reads the projection once and writes only the product.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(x)?;
-        let last = h.rank() - 1;
-        let parts = h.split(&[self.inner, self.inner], last)?;
-        self.out.forward(&parts[0].mul(&parts[1].gelu()?)?)
+        self.out.forward(&self.proj.forward(x)?.geglu()?)
     }
 }
