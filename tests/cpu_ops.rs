@@ -71,6 +71,50 @@ fn activations_match_f64() {
 }
 
 #[test]
+fn clamp_is_exact_and_keeps_nan() {
+    let mut r = rng("clamp_is_exact_and_keeps_nan");
+    for dims in [vec![1], vec![7], vec![3, 5, 17], vec![4099]] {
+        let x: Vec<f32> = randn(&mut r, dims.iter().product()).iter().map(|v| v * 3.0).collect();
+        // Both bounds inside the data's range, a point interval, and lo > hi (PyTorch gives hi).
+        for (lo, hi) in [(-1.5f32, 2.0f32), (0.25, 0.25), (1.0, -1.0)] {
+            let got = t(&x, &dims).clamp(lo, hi).unwrap();
+            assert_eq!(got.dims(), &dims[..]);
+            let want: Vec<f32> = x.iter().map(|&v| (v as f64).max(lo as f64).min(hi as f64) as f32).collect();
+            assert_eq!(got.to_vec_f32().unwrap(), want, "clamp {dims:?} to [{lo}, {hi}]");
+        }
+    }
+    let special = t(&[f32::NAN, f32::NEG_INFINITY, f32::INFINITY, -0.5], &[4]).clamp(-1.0, 1.0).unwrap();
+    let got = special.to_vec_f32().unwrap();
+    assert!(got[0].is_nan() && got[1..] == [-1.0, 1.0, -0.5], "NaN stays NaN: {got:?}");
+    assert!(matches!(t(&[1.0], &[1]).clamp(f32::NAN, 1.0), Err(foil::Error::Usage(_))));
+}
+
+#[test]
+fn geglu_matches_f64() {
+    let mut r = rng("geglu_matches_f64");
+    // d = 1, odd d, d a multiple of 4, and a long odd row.
+    for dims in [vec![1, 2], vec![7, 34], vec![3, 5, 18], vec![2, 3, 64], vec![3, 8198]] {
+        let n: usize = dims.iter().product();
+        let x: Vec<f32> = randn(&mut r, n).iter().map(|v| v * 3.0).collect();
+        let got = t(&x, &dims).geglu().unwrap();
+        let d = dims[dims.len() - 1] / 2;
+        let out_dims = [&dims[..dims.len() - 1], &[d]].concat();
+        assert_eq!(got.dims(), &out_dims[..]);
+        let (mut want, mut scale) = (Vec::with_capacity(n / 2), 0f64);
+        for row in x.chunks(2 * d) {
+            for (&h, &g) in row[..d].iter().zip(&row[d..]) {
+                let (h, g) = (h as f64, g as f64);
+                want.push(h * g * normal_cdf64(g));
+                scale = scale.max((h * g).abs());
+            }
+        }
+        // Judged against max |h·g| too, as GELU is against max |x|: |h·gelu(g)| ≤ |h·g|.
+        assert_close_to(&format!("geglu {dims:?}"), &got.to_vec_f32().unwrap(), &want, scale, TOL_ELEMENTWISE);
+    }
+    assert!(matches!(t(&[1.0; 15], &[3, 5]).geglu(), Err(foil::Error::Shape { .. })), "odd last axis");
+}
+
+#[test]
 fn scale_and_binary_ops_broadcast() {
     let mut r = rng("scale_and_binary_ops_broadcast");
     let shapes: [(&[usize], &[usize]); 7] = [

@@ -115,6 +115,36 @@ fn activations() {
 }
 
 #[test]
+fn clamp_and_geglu() {
+    let Some(dev) = gpu("clamp_and_geglu") else { return };
+    let mut r = rng("cuda clamp_and_geglu");
+    for dtype in DTYPES {
+        for dims in [vec![1], vec![7], vec![3, 5, 17], vec![1 << 20 | 3]] {
+            let (c, g) = pair(&mut r, &dims, dtype, &dev, 3.0);
+            for (lo, hi) in [(-1.5, 2.0), (1.0, -1.0)] {
+                let (co, go) = (c.clamp(lo, hi).unwrap(), g.clamp(lo, hi).unwrap());
+                check(&format!("clamp {dims:?} [{lo}, {hi}]"), &co, &go, dtype, Class::Elementwise);
+            }
+        }
+        // d = 1, odd d (the scalar path), d a multiple of the 16-byte pack (the vector path), SD's width.
+        for dims in [vec![1, 2], vec![7, 34], vec![3, 5, 18], vec![2, 3, 64], vec![2, 77, 2 * 1280 * 4]] {
+            let (c, g) = pair(&mut r, &dims, dtype, &dev, 3.0);
+            let v = c.to_vec_f32().unwrap();
+            let d = dims[dims.len() - 1] / 2;
+            // Judged against max |h·g| as well: |h·gelu(g)| ≤ |h·g| and the GELU tails are ill-conditioned.
+            let scale = v.chunks(2 * d).flat_map(|row| (0..d).map(move |j| (row[j] * row[d + j]).abs() as f64));
+            let scale = scale.fold(0.0, f64::max);
+            let (co, go) = (c.geglu().unwrap(), g.geglu().unwrap());
+            check_to(&format!("geglu {dims:?}"), &co, &go, dtype, Class::Elementwise, scale);
+        }
+    }
+    let nan = Tensor::from_f32(vec![f32::NAN, -3.0, 3.0], [3], &dev).unwrap().clamp(-1.0, 1.0).unwrap();
+    let got = nan.to_vec_f32().unwrap();
+    assert!(got[0].is_nan() && got[1..] == [-1.0, 1.0], "NaN stays NaN: {got:?}");
+    assert!(Tensor::from_f32(vec![1.0; 3], [3], &dev).unwrap().geglu().is_err(), "odd last axis");
+}
+
+#[test]
 fn binary_broadcast() {
     let Some(dev) = gpu("binary_broadcast") else { return };
     let mut r = rng("cuda binary_broadcast");
