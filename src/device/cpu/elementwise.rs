@@ -8,6 +8,7 @@ use crate::device::contract::{BinaryOp, BroadcastLayout, UnaryOp};
 /// sqrt(2/π), the tanh-GELU constant.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
+#[inline(always)]
 pub(crate) fn activation(op: UnaryOp, x: f32) -> f32 {
     match op {
         UnaryOp::Silu => x / (1.0 + (-x).exp()),
@@ -49,7 +50,17 @@ pub(crate) fn erfc_f64(x: f64) -> f64 {
 }
 
 pub(crate) fn unary(op: UnaryOp, x: &[f32]) -> Vec<f32> {
-    x.par_iter().with_min_len(PAR_MIN).map(|&v| activation(op, v)).collect()
+    // One loop per activation, so the choice is made once, not per element.
+    fn each(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+        x.par_iter().with_min_len(PAR_MIN).map(|&v| f(v)).collect()
+    }
+    match op {
+        UnaryOp::Silu => each(x, |v| activation(UnaryOp::Silu, v)),
+        UnaryOp::Gelu => each(x, |v| activation(UnaryOp::Gelu, v)),
+        UnaryOp::GeluTanh => each(x, |v| activation(UnaryOp::GeluTanh, v)),
+        UnaryOp::QuickGelu => each(x, |v| activation(UnaryOp::QuickGelu, v)),
+        UnaryOp::Relu => each(x, |v| activation(UnaryOp::Relu, v)),
+    }
 }
 
 pub(crate) fn scale(x: &[f32], factor: f32) -> Vec<f32> {
