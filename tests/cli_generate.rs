@@ -154,8 +154,9 @@ fn bad_checkpoints_fail_with_one_line() {
     assert_clean_failure(&run(&dir.join("nowhere")), "model_index.json", &out_png);
 
     let model = copy_model(&dir.join("scheduler"));
-    std::fs::write(model.join("scheduler/scheduler_config.json"), r#"{"_class_name": "PNDMScheduler"}"#).unwrap();
-    assert_clean_failure(&run(&model), "PNDMScheduler", &out_png);
+    std::fs::write(model.join("scheduler/scheduler_config.json"), r#"{"_class_name": "LMSDiscreteScheduler"}"#)
+        .unwrap();
+    assert_clean_failure(&run(&model), "LMSDiscreteScheduler", &out_png);
 }
 
 #[test]
@@ -165,7 +166,7 @@ fn bad_flags_fail_with_one_line() {
     for args in [
         vec!["generate", "--model", m, "--prompt", "x", "--no-such-flag"],
         vec!["generate", "--model", m],
-        vec!["generate", "--model", m, "--prompt", "x", "--scheduler", "pndm"],
+        vec!["generate", "--model", m, "--prompt", "x", "--scheduler", "lms"],
         vec!["generate", "--model", m, "--prompt", "x", "--strength", "0.5"],
     ] {
         let out = foil(&args);

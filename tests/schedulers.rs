@@ -186,11 +186,15 @@ fn loads_a_pipeline_folder() {
     let mut euler = scheduler::load(dir.join("scheduler"), Some(SchedulerKind::Euler)).unwrap();
     euler.set_timesteps(4).unwrap();
     assert_eq!(euler.timesteps(), &[999.0, 749.0, 499.0, 249.0]);
-    // SD 1.5 ships a PNDM config, which needs a kind chosen.
+    // SD 1.5 ships a PNDM config.
     std::fs::write(dir.join("scheduler/scheduler_config.json"), fixture["configs"]["sd15"].to_string()).unwrap();
+    assert_eq!(scheduler::load(&dir, None).unwrap().kind(), SchedulerKind::Pndm);
+    // A class foil does not have needs a kind chosen.
+    let lms = r#"{"_class_name": "LMSDiscreteScheduler", "beta_schedule": "scaled_linear"}"#;
+    std::fs::write(dir.join("scheduler/scheduler_config.json"), lms).unwrap();
     let e = scheduler::load(&dir, None).err().unwrap();
     assert!(
-        matches!(&e, Error::File { file, detail } if file.ends_with("scheduler_config.json") && detail.contains("PNDMScheduler")),
+        matches!(&e, Error::File { file, detail } if file.ends_with("scheduler_config.json") && detail.contains("LMSDiscreteScheduler")),
         "{e}"
     );
     assert_eq!(
@@ -228,6 +232,9 @@ fn unsupported_options_are_named() {
         (r#"{"use_lu_lambdas": true}"#, DpmSolverMultistep, "use_lu_lambdas"),
         (r#"{"trained_betas": [0.1, 0.2]}"#, Ddim, "trained_betas"),
         (r#"{"eta": -1}"#, Ddim, "eta"),
+        (r#"{"skip_prk_steps": false}"#, Pndm, "skip_prk_steps"),
+        (r#"{}"#, Pndm, "skip_prk_steps"),
+        (r#"{"skip_prk_steps": true, "prediction_type": "sample"}"#, Pndm, "prediction_type"),
     ];
     for (json, kind, option) in cases {
         let e = config_error(json, kind);
@@ -242,14 +249,16 @@ fn unsupported_options_are_named() {
 #[test]
 fn misuse_is_an_error() {
     let x = Tensor::from_f32(vec![0.5; 6], vec![1, 2, 3], &Device::Cpu).unwrap();
-    let config = SchedulerConfig::default();
+    // PNDM's PLMS needs skip_prk_steps, which the others ignore.
+    let config = SchedulerConfig { skip_prk_steps: Some(true), ..Default::default() };
     for kind in SchedulerKind::ALL {
         let mut s = scheduler::from_config(&config, Some(kind)).unwrap();
         let usage = |r: foil::Result<Tensor>| matches!(r, Err(Error::Usage(_)));
         assert!(usage(s.step(&x, None, 0, &x, Some(&x))), "{kind}: step before set_timesteps");
         assert!(matches!(s.set_timesteps(0), Err(Error::Usage(_))), "{kind}: 0 steps");
         s.set_timesteps(4).unwrap();
-        assert!(usage(s.step(&x, None, 4, &x, Some(&x))), "{kind}: step past the end");
+        let end = s.timesteps().len();
+        assert!(usage(s.step(&x, None, end, &x, Some(&x))), "{kind}: step past the end");
         assert!(usage(s.add_noise(&x, &x, 9)), "{kind}: add_noise past the end");
         assert!(matches!(s.img2img_start(1.5), Err(Error::Usage(_))), "{kind}: strength 1.5");
         assert!(matches!(s.step(&x, Some(7.5), 0, &x, Some(&x)), Err(Error::Shape { .. })), "{kind}: CFG needs 2N");

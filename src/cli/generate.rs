@@ -34,7 +34,7 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale; 1 or less turns guidance off (one UNet pass a step).
     #[arg(long, value_name = "G", default_value_t = 7.5)]
     guidance: f32,
-    /// ddim, ddpm, euler, euler-a or dpm++2m; default: the folder's scheduler/scheduler_config.json.
+    /// ddim, ddpm, euler, euler-a, dpm++2m or pndm; default: the folder's scheduler/scheduler_config.json.
     #[arg(long, value_name = "NAME")]
     scheduler: Option<SchedulerKind>,
     /// Seed of the initial noise and of stochastic schedulers' noise.

@@ -28,6 +28,7 @@ pub struct SchedulerConfig {
     #[serde(deserialize_with = "float")]
     pub clip_sample_range: Option<f64>,
     pub set_alpha_to_one: Option<bool>,
+    pub skip_prk_steps: Option<bool>,
     pub variance_type: Option<String>,
     pub rescale_betas_zero_snr: Option<bool>,
     pub thresholding: Option<bool>,

@@ -234,7 +234,7 @@ impl StepRule for DpmSolver {
         Ok((coefficients, previous))
     }
 
-    fn keep_x0(&mut self, step: usize, x0: Option<Tensor>) {
+    fn keep_x0(&mut self, step: usize, _sample: &Tensor, x0: Option<Tensor>) {
         self.history = x0.map(|x0| (x0, step));
     }
 

@@ -1,5 +1,5 @@
 //! diffusers' noise schedulers, read from a pipeline's scheduler/scheduler_config.json:
-//! DDIM, DDPM, Euler, Euler ancestral and DPM-Solver++ (multistep). Timesteps and sigmas are
+//! DDIM, DDPM, Euler, Euler ancestral, DPM-Solver++ (multistep) and PNDM (PLMS). Timesteps and sigmas are
 //! computed as diffusers computes them (bit for bit where diffusers' own arithmetic allows),
 //! and a denoising step is one fused backend op over the latents (`Tensor::scheduler_step`),
 //! classifier-free guidance included.
@@ -28,6 +28,7 @@ mod discrete;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
+mod pndm;
 mod schedule;
 mod sigma;
 
@@ -50,18 +51,20 @@ pub enum SchedulerKind {
     Euler,
     EulerAncestral,
     DpmSolverMultistep,
+    Pndm,
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 5] = [
+    pub const ALL: [SchedulerKind; 6] = [
         SchedulerKind::Ddim,
         SchedulerKind::Ddpm,
         SchedulerKind::Euler,
         SchedulerKind::EulerAncestral,
         SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::Pndm,
     ];
 
-    /// The command-line name: ddim, ddpm, euler, euler-a, dpm++2m.
+    /// The command-line name: ddim, ddpm, euler, euler-a, dpm++2m, pndm.
     pub fn cli_name(self) -> &'static str {
         match self {
             SchedulerKind::Ddim => "ddim",
@@ -69,6 +72,7 @@ impl SchedulerKind {
             SchedulerKind::Euler => "euler",
             SchedulerKind::EulerAncestral => "euler-a",
             SchedulerKind::DpmSolverMultistep => "dpm++2m",
+            SchedulerKind::Pndm => "pndm",
         }
     }
 
@@ -80,6 +84,7 @@ impl SchedulerKind {
             SchedulerKind::Euler => "EulerDiscreteScheduler",
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
             SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+            SchedulerKind::Pndm => "PNDMScheduler",
         }
     }
 
@@ -117,11 +122,12 @@ pub trait Scheduler: Send {
     fn num_inference_steps(&self) -> usize;
 
     /// The timesteps the UNet is given, one per step. Usually `num_inference_steps()` of them,
-    /// but diffusers' trailing spacing can give one more: loop over this, not the step count.
+    /// but diffusers' trailing spacing can give one more and PNDM has one more (its second-to-last
+    /// repeated): loop over this, not the step count.
     fn timesteps(&self) -> &[f32];
 
     /// The noise levels σ of the steps, plus the final one, for the sigma-based schedulers
-    /// (Euler, Euler ancestral, DPM-Solver++); None for DDIM and DDPM.
+    /// (Euler, Euler ancestral, DPM-Solver++); None for DDIM, DDPM and PNDM.
     fn sigmas(&self) -> Option<&[f32]>;
 
     /// The standard deviation of the initial noise: the first latents are N(0, 1)·this.
@@ -208,6 +214,7 @@ pub fn from_config(config: &SchedulerConfig, kind: Option<SchedulerKind>) -> Res
         SchedulerKind::Euler => Box::new(euler::Euler::new(config)?),
         SchedulerKind::EulerAncestral => Box::new(euler_ancestral::EulerAncestral::new(config)?),
         SchedulerKind::DpmSolverMultistep => Box::new(dpm_solver::DpmSolver::new(config)?),
+        SchedulerKind::Pndm => Box::new(pndm::Pndm::new(config)?),
     })
 }
 
@@ -298,8 +305,14 @@ trait StepRule: Send {
     /// previous step where a multistep update uses it.
     fn coefficients(&self, step: usize) -> Result<(SchedulerStep, Option<Tensor>)>;
 
-    /// Receives the x0 the fused step kept (`keep_x0`) at step `step`.
-    fn keep_x0(&mut self, _step: usize, _x0: Option<Tensor>) {}
+    /// The sample the fused step starts from instead of the caller's, where a multistep rule
+    /// goes back to one it kept (PNDM's second step).
+    fn restart_sample(&self) -> Option<&Tensor> {
+        None
+    }
+
+    /// Receives the caller's `sample` and the x0 the fused step kept (`keep_x0`) at step `step`.
+    fn keep_x0(&mut self, _step: usize, _sample: &Tensor, _x0: Option<Tensor>) {}
 
     fn needs_noise(&self) -> bool;
 }
@@ -348,8 +361,10 @@ impl<R: StepRule> Scheduler for R {
         if coefficients.out_noise != 0.0 && noise.is_none() {
             return Err(Error::Usage(format!("{} scheduler: this step adds noise, but no noise was given", R::KIND)));
         }
-        let (out, x0) = sample.scheduler_step(model_output, noise, prev_x0.as_ref(), &coefficients)?;
-        self.keep_x0(step, x0);
+        let restart = self.restart_sample().cloned();
+        let from = restart.as_ref().unwrap_or(sample);
+        let (out, x0) = from.scheduler_step(model_output, noise, prev_x0.as_ref(), &coefficients)?;
+        self.keep_x0(step, sample, x0);
         Ok(out)
     }
 
@@ -383,6 +398,6 @@ mod tests {
             assert_eq!(k.cli_name().parse::<SchedulerKind>().unwrap(), k);
             assert_eq!(SchedulerKind::from_class_name(k.class_name()), Some(k));
         }
-        assert!("pndm".parse::<SchedulerKind>().unwrap_err().to_string().contains("euler-a"));
+        assert!("lms".parse::<SchedulerKind>().unwrap_err().to_string().contains("euler-a"));
     }
 }
