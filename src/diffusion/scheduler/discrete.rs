@@ -1,5 +1,5 @@
-//! The integer-timestep schedule DDIM and DDPM share: ᾱ over the training steps and the
-//! timesteps of the last `set_timesteps`, as indices into it.
+//! The integer-timestep schedule DDIM, DDPM and PNDM share: ᾱ over the training steps and
+//! the timesteps of the last `set_timesteps`, as indices into it.
 
 use super::config::{SchedulerConfig, Spacing, SPACINGS};
 use super::{check_steps, mix, schedule, timestep_indices, Schedule, SchedulerKind};
@@ -30,8 +30,21 @@ impl DiscreteSchedule {
     /// diffusers' `set_timesteps`, which refuses more steps than training steps.
     pub fn set_timesteps(&mut self, kind: SchedulerKind, steps: usize) -> Result<()> {
         let num_train = self.alphas_cumprod.len();
-        check_steps(kind, steps, Some(num_train))?;
-        let timesteps = schedule::discrete_timesteps(self.spacing, num_train, steps, self.steps_offset);
+        self.set_timesteps_with(kind, steps, Some(num_train), |_| {})
+    }
+
+    /// The spaced timesteps of `steps` steps (at most `max_steps`), as `edit` leaves them.
+    pub fn set_timesteps_with(
+        &mut self,
+        kind: SchedulerKind,
+        steps: usize,
+        max_steps: Option<usize>,
+        edit: impl FnOnce(&mut Vec<i64>),
+    ) -> Result<()> {
+        let num_train = self.alphas_cumprod.len();
+        check_steps(kind, steps, max_steps)?;
+        let mut timesteps = schedule::discrete_timesteps(self.spacing, num_train, steps, self.steps_offset);
+        edit(&mut timesteps);
         self.timesteps = timestep_indices(kind, steps, &timesteps, num_train)?;
         self.timesteps_f32 = self.timesteps.iter().map(|&t| t as f32).collect();
         self.steps = steps;

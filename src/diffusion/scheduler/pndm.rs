@@ -4,14 +4,15 @@
 //! step re-runs the first interval from the first step's sample with the average of the first
 //! two outputs, so the schedule has one timestep more than steps (the second-to-last repeated).
 
-use super::config::{Prediction, SchedulerConfig, Spacing, SPACINGS};
-use super::{check_steps, mix, schedule, timestep_indices, Schedule, SchedulerKind, StepRule};
+use super::config::{Prediction, SchedulerConfig};
+use super::discrete::DiscreteSchedule;
+use super::{Schedule, SchedulerKind, StepRule};
 use crate::device::SchedulerStep;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 pub(super) struct Pndm {
-    schedule: PlmsSchedule,
+    schedule: DiscreteSchedule,
     /// ᾱ before the first training step: 1, or ᾱ₀ without set_alpha_to_one.
     final_alpha_cumprod: f32,
     prediction: Prediction,
@@ -34,17 +35,10 @@ impl Pndm {
                 format!("{value}: the Runge-Kutta warm-up is not supported, only PLMS (skip_prk_steps true)"),
             ));
         }
-        let alphas_cumprod = c.alphas_cumprod(false)?;
+        let schedule = DiscreteSchedule::new(c)?;
         Ok(Pndm {
-            final_alpha_cumprod: if c.set_alpha_to_one.unwrap_or(false) { 1.0 } else { alphas_cumprod[0] },
-            schedule: PlmsSchedule {
-                alphas_cumprod,
-                spacing: c.choice("timestep_spacing", &c.timestep_spacing, "leading", &SPACINGS)?,
-                steps_offset: c.steps_offset(),
-                steps: 0,
-                timesteps: Vec::new(),
-                timesteps_f32: Vec::new(),
-            },
+            final_alpha_cumprod: if c.set_alpha_to_one.unwrap_or(false) { 1.0 } else { schedule.alphas_cumprod[0] },
+            schedule,
             prediction: c.prediction(&[Prediction::Epsilon, Prediction::V])?,
             counter: 0,
             history: Vec::new(),
@@ -73,7 +67,13 @@ impl StepRule for Pndm {
     }
 
     fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        self.schedule.set_timesteps(steps)?;
+        // diffusers' PLMS timesteps: DDIM's spacings with the second-to-last repeated, and
+        // (unlike DDIM) no limit of one step per training step.
+        self.schedule.set_timesteps_with(SchedulerKind::Pndm, steps, None, |t| {
+            if steps > 1 {
+                t.insert(1, t[1]);
+            }
+        })?;
         self.counter = 0;
         self.history.clear();
         self.first_sample = None;
@@ -158,48 +158,5 @@ impl StepRule for Pndm {
 
     fn needs_noise(&self) -> bool {
         false
-    }
-}
-
-/// PNDM's integer timesteps: those of DDIM's spacings with the second-to-last repeated.
-struct PlmsSchedule {
-    alphas_cumprod: Vec<f32>,
-    spacing: Spacing,
-    steps_offset: i64,
-    steps: usize,
-    timesteps: Vec<usize>,
-    timesteps_f32: Vec<f32>,
-}
-
-impl PlmsSchedule {
-    /// diffusers' `set_timesteps` with skip_prk_steps (which, unlike DDIM's, allows more steps
-    /// than training steps).
-    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
-        let kind = SchedulerKind::Pndm;
-        check_steps(kind, steps, None)?;
-        let num_train = self.alphas_cumprod.len();
-        let mut timesteps = schedule::discrete_timesteps(self.spacing, num_train, steps, self.steps_offset);
-        if steps > 1 {
-            timesteps.insert(1, timesteps[1]);
-        }
-        self.timesteps = timestep_indices(kind, steps, &timesteps, num_train)?;
-        self.timesteps_f32 = self.timesteps.iter().map(|&t| t as f32).collect();
-        self.steps = steps;
-        Ok(())
-    }
-}
-
-impl Schedule for PlmsSchedule {
-    fn num_inference_steps(&self) -> usize {
-        self.steps
-    }
-
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps_f32
-    }
-
-    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        let alpha_prod = self.alphas_cumprod[self.timesteps[step]];
-        mix(original, noise, alpha_prod.sqrt(), (1.0 - alpha_prod).sqrt())
     }
 }
