@@ -215,8 +215,7 @@ impl StableDiffusion {
             return Err(Error::Usage(format!("--strength {strength} must be in [0, 1]")));
         }
         let batch = noise.dims()[0];
-        let image = image.to_device(&self.device)?.to_dtype(self.dtype)?.scale(2.0)?;
-        let image = image.add(&Tensor::from_f32(vec![-1.0], [1], &self.device)?.to_dtype(self.dtype)?)?;
+        let image = image.to_device(&self.device)?.to_dtype(self.dtype)?.affine(2.0, -1.0)?;
         let (mean, logvar) = self.vae.encode(&image)?;
         let (mean, logvar) = (mean.to_dtype(DType::F32)?.to_vec_f32()?, logvar.to_dtype(DType::F32)?.to_vec_f32()?);
         let eps = match encoder_noise {
@@ -239,9 +238,7 @@ impl StableDiffusion {
     fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let z = latents.scale(1.0 / self.vae.scaling_factor())?.to_dtype(self.dtype)?;
         let image = self.vae.decode(&z)?.to_dtype(DType::F32)?;
-        let dims = image.dims().to_vec();
-        let pixels: Vec<f32> = image.to_vec_f32()?.into_iter().map(|x| (x / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
-        Tensor::from_f32(pixels, dims, &Device::Cpu)
+        image.affine(0.5, 0.5)?.clamp(0.0, 1.0)?.to_device(&Device::Cpu)
     }
 }
 

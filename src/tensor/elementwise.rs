@@ -84,6 +84,12 @@ impl Tensor {
         Ok(Tensor::from_storage(self.storage.scale(factor)?, self.shape.clone()))
     }
 
+    /// x·a + b elementwise (b broadcast as a one-element tensor of x's dtype).
+    pub fn affine(&self, a: f32, b: f32) -> Result<Tensor> {
+        let b = Tensor::from_f32(vec![b], [1], &self.device())?.to_dtype(self.dtype())?;
+        self.scale(a)?.add(&b)
+    }
+
     /// min(max(x, lo), hi) elementwise, as torch.clamp: NaN stays NaN, and lo > hi gives hi.
     pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
         self.check_float("clamp")?;

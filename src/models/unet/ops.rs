@@ -1,20 +1,9 @@
 //! Ops the diffusers models need that the device contract lacks, composed from
-//! tensor ops: a scalar affine map, zero padding on the right and bottom, and
-//! nearest resizing to an odd size.
+//! tensor ops: zero padding on the right and bottom, and nearest resizing to an
+//! odd size.
 
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
-
-/// A one-element tensor holding `value`, of `like`'s dtype and device, to
-/// broadcast against it.
-pub(crate) fn scalar_like(value: f32, like: &Tensor) -> Result<Tensor> {
-    Tensor::from_f32(vec![value], [1], &like.device())?.to_dtype(like.dtype())
-}
-
-/// x·a + b.
-pub(crate) fn affine(x: &Tensor, a: f32, b: f32) -> Result<Tensor> {
-    x.scale(a)?.add(&scalar_like(b, x)?)
-}
 
 /// (n, c, h, w) padded with one row of zeros at the bottom and one column at
 /// the right, as F.pad(x, (0, 1, 0, 1)).

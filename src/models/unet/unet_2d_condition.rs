@@ -8,7 +8,6 @@ use super::blocks::{DownBlock, UpBlock};
 use super::config::{BlockKind, UNetConfig};
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::mid_blocks::UNetMidBlock2DCrossAttn;
-use super::ops::affine;
 use super::resnet_block::ResnetOptions;
 use super::transformer::TransformerOptions;
 use crate::device::{DType, Device};
@@ -163,7 +162,7 @@ impl UNet2DConditionModel {
             len => return shape_err("UNet2DConditionModel", format!("{len} timesteps for a batch of {n}")),
         };
 
-        let sample = if self.config.center_input_sample { affine(&sample, 2.0, -1.0)? } else { sample };
+        let sample = if self.config.center_input_sample { sample.affine(2.0, -1.0)? } else { sample };
         let t_emb = self.time_proj.embed(&timesteps, self.dtype, &self.device)?;
         let temb_silu = self.time_embedding.forward(&t_emb)?.silu()?;
         let (temb, ctx) = (Some(&temb_silu), Some(&context));
