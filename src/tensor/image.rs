@@ -3,13 +3,13 @@
 //! Writing goes through a temporary file and a rename, as for safetensors.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufReader;
 use std::path::Path;
 
-use super::safetensors::temporary_sibling;
+use super::atomic_file::write_atomically;
 use super::Tensor;
 use crate::device::{DType, Device};
-use crate::error::{file_err, shape_err, Error, Result};
+use crate::error::{shape_err, Error, Result};
 
 /// An 8- or 16-bit PNG (grey, grey+alpha, RGB, RGBA, palette) as RGB (1, 3, H, W)
 /// in [0, 1]; alpha is dropped, as PIL's convert("RGB") does.
@@ -64,20 +64,14 @@ pub fn write_png(path: impl AsRef<Path>, images: &Tensor, index: usize) -> Resul
             rgb[i * 3 + c] = (plane[c * h * w + i].clamp(0.0, 1.0) * 255.0).round() as u8;
         }
     }
-    let tmp = temporary_sibling(path);
-    let write = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let mut encoder = png::Encoder::new(BufWriter::new(File::create(&tmp)?), w as u32, h as u32);
+    write_atomically(path, "cannot write PNG", |out| {
+        let mut encoder = png::Encoder::new(out, w as u32, h as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         let mut writer = encoder.write_header()?;
         writer.write_image_data(&rgb)?;
         writer.finish()?;
-        std::fs::rename(&tmp, path)?;
         Ok(())
-    };
-    write().or_else(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        file_err(path, format!("cannot write PNG: {e}"))
     })
 }
 

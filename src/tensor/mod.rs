@@ -3,6 +3,7 @@
 //! the backend of the device the tensor lives on. Tensors are immutable and
 //! cheap to clone: ops return new tensors, reshapes share storage.
 
+mod atomic_file;
 mod elementwise;
 pub mod image;
 mod layout;

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 
+use super::atomic_file::write_atomically;
 use super::Tensor;
 use crate::device::{DType, Device, HostData};
 use crate::error::{file_err, Error, Result};
@@ -155,27 +156,14 @@ pub fn save(path: impl AsRef<Path>, tensors: &[(&str, &Tensor)]) -> Result<()> {
     // The data section starts 8-byte aligned, as the reference writer leaves it.
     header.resize(header.len().next_multiple_of(8), b' ');
 
-    let tmp = temporary_sibling(path);
-    let write = || -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+    write_atomically(path, "cannot write", |out| {
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
         for blob in &blobs {
             out.write_all(blob)?;
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().or_else(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        file_err(path, format!("cannot write: {e}"))
+        Ok(())
     })
-}
-
-/// `dir/.name.tmp-PID`: in the target's folder, so the rename stays on one file system.
-pub(crate) fn temporary_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 #[cfg(test)]
