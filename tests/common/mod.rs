@@ -51,6 +51,24 @@ pub fn rel_err_to(got: &[f32], want: &[f64], scale: f64) -> f64 {
     worst / scale
 }
 
+/// Central finite differences of the scalar function `f` at `x`, in f64: the
+/// reference gradient every backward op is checked against. `f` is the op's
+/// forward, written naively in f64 in the test, contracted with a random
+/// upstream gradient.
+pub fn finite_diff(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut probe = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            probe[i] = x[i] + h;
+            let up = f(&probe);
+            probe[i] = x[i] - h;
+            let down = f(&probe);
+            probe[i] = x[i];
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
 /// Asserts `rel_err(got, want) <= tol`, naming the case.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
     assert_close_to(what, got, want, 0.0, tol);
