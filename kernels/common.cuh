@@ -76,3 +76,13 @@ struct SchedulerStepArgs {
     float x0_x, x0_m, clip, eps_x, eps_m, out_x0, out_eps, out_x, out_noise, out_prev, guidance;
     u32 has_clip, has_guidance, has_noise, has_prev, keep_x0;
 };
+// One AdamW step (optim.cu): AdamWStep of src/device/contract.rs.
+struct AdamWArgs {
+    float lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt, grad_scale;
+};
+// One SGD step (optim.cu): SgdStep of src/device/contract.rs; flags are 0 or 1, and has_momentum
+// says whether the momentum buffer is given.
+struct SgdArgs {
+    float lr, momentum, weight_decay, grad_scale;
+    u32 nesterov, first_step, has_momentum;
+};

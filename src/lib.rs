@@ -7,6 +7,7 @@
 //! and PNG files), `nn` (layers and the weight loader), `models` (CLIP, UNet,
 //! VAE, ResNet under their public names), `diffusion` (schedulers, pipelines).
 
+pub mod autograd;
 pub mod device;
 pub mod diffusion;
 pub mod error;

@@ -69,6 +69,17 @@ fn expected() -> Vec<(&'static str, Vec<Entry>)> {
         ("attention", attention.collect()),
         ("pool", per(&[("max_pool2d", &[PTR, PTR, U32, U32, U32, U32, U32, U32, U32, U32])], &FLOATS)),
         ("scheduler", per(&[("scheduler_step", &[PTR, PTR, PTR, PTR, PTR, PTR, U32, SCHEDULER_STEP_ARGS])], &FLOATS)),
+        // optim: AdamWArgs is 32 bytes, SgdArgs 28 (src/device/cuda/args.rs asserts both).
+        (
+            "optim",
+            per(
+                &[("adamw_step", &[PTR, PTR, PTR, PTR, U32, 32][..]), ("sgd_step", &[PTR, PTR, PTR, U32, 28])],
+                &["f32"],
+            )
+            .into_iter()
+            .chain(per(&[("sum_squares", &[PTR, PTR, U32])], &FLOATS))
+            .collect(),
+        ),
     ]
 }
 

@@ -225,4 +225,69 @@ pub trait BackendStorage: Sized {
         prev_x0: Option<&Self>,
         step: &SchedulerStep,
     ) -> Result<(Self, Option<Self>)>;
+    /// One AdamW update (see `AdamWStep`) in place over the f32 master weights `self`, the
+    /// f32 gradients `grads` and the f32 moments `m` and `v`, all of one length.
+    fn adamw_step(&mut self, grads: &Self, m: &mut Self, v: &mut Self, step: &AdamWStep) -> Result<()>;
+    /// One SGD update (see `SgdStep`) in place over the f32 weights `self` and the f32 momentum
+    /// buffer, given exactly when momentum is in use, with f32 `grads` of the same length.
+    fn sgd_step(&mut self, grads: &Self, momentum: Option<&mut Self>, step: &SgdStep) -> Result<()>;
+    /// Σ x² over the whole buffer, accumulated in f32, as a one-element f32 storage (the squared
+    /// global gradient norm an optimizer clips by).
+    fn sum_squares(&self) -> Result<Self>;
+}
+
+/// One AdamW step, PyTorch's `torch.optim.AdamW` with the scalars that depend on the step number
+/// precomputed on the host (in f64, see `AdamWStep::new`). Per element, in f32:
+///   g = grad · grad_scale
+///   p ← p · (1 − lr · weight_decay)
+///   m ← m + (1 − beta1) · (g − m)
+///   v ← v · beta2 + (1 − beta2) · g²
+///   p ← p − (lr / bias_correction1) · m / (√v / bias_correction2_sqrt + eps)
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1 − beta1^t at step t (counted from 1).
+    pub bias_correction1: f32,
+    /// √(1 − beta2^t).
+    pub bias_correction2_sqrt: f32,
+    /// The gradient clipping factor (1 when not clipping).
+    pub grad_scale: f32,
+}
+
+impl AdamWStep {
+    /// The scalars of step `t` (1 for the first step).
+    pub fn new(lr: f32, (beta1, beta2): (f32, f32), eps: f32, weight_decay: f32, t: u64, grad_scale: f32) -> Self {
+        let t = t as f64;
+        AdamWStep {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            bias_correction1: (1.0 - (beta1 as f64).powf(t)) as f32,
+            bias_correction2_sqrt: (1.0 - (beta2 as f64).powf(t)).sqrt() as f32,
+            grad_scale,
+        }
+    }
+}
+
+/// One SGD step, PyTorch's `torch.optim.SGD` with dampening 0. Per element, in f32:
+///   g = grad · grad_scale + weight_decay · p
+///   with a momentum buffer b: b ← g on the first step, else b ← momentum · b + g;
+///                             then g = g + momentum · b (nesterov) or g = b
+///   p ← p − lr · g
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    /// The buffer is set to the gradient instead of updated (PyTorch creates it on the first step).
+    pub first_step: bool,
+    /// The gradient clipping factor (1 when not clipping).
+    pub grad_scale: f32,
 }

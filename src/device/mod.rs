@@ -352,4 +352,30 @@ impl BackendStorage for Storage {
         parts.extend(prev_x0);
         Err(mismatch("scheduler_step", &parts))
     }
+
+    fn adamw_step(&mut self, grads: &Self, m: &mut Self, v: &mut Self, step: &AdamWStep) -> Result<()> {
+        match (&mut *self, grads, &mut *m, &mut *v) {
+            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => p.adamw_step(g, m, v, step),
+            (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => p.adamw_step(g, m, v, step),
+            _ => Err(mismatch("adamw_step", &[&*self, grads, &*m, &*v])),
+        }
+    }
+
+    fn sgd_step(&mut self, grads: &Self, momentum: Option<&mut Self>, step: &SgdStep) -> Result<()> {
+        match (&mut *self, grads, momentum) {
+            (Storage::Cpu(p), Storage::Cpu(g), None) => p.sgd_step(g, None, step),
+            (Storage::Cpu(p), Storage::Cpu(g), Some(Storage::Cpu(b))) => p.sgd_step(g, Some(b), step),
+            (Storage::Cuda(p), Storage::Cuda(g), None) => p.sgd_step(g, None, step),
+            (Storage::Cuda(p), Storage::Cuda(g), Some(Storage::Cuda(b))) => p.sgd_step(g, Some(b), step),
+            (_, _, b) => {
+                let mut parts = vec![&*self, grads];
+                parts.extend(b.map(|b| &*b));
+                Err(mismatch("sgd_step", &parts))
+            }
+        }
+    }
+
+    fn sum_squares(&self) -> Result<Self> {
+        each_backend!(self, |s| s.sum_squares())
+    }
 }

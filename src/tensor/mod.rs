@@ -9,6 +9,7 @@ pub mod image;
 mod layout;
 mod linalg;
 mod nn;
+mod optim_step;
 mod pool;
 pub mod random;
 mod reduce;

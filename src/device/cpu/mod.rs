@@ -9,6 +9,7 @@ pub mod gemm;
 mod layout;
 mod matmul;
 mod norm;
+mod optim;
 mod pool;
 mod reduce;
 mod scheduler;
@@ -262,5 +263,17 @@ impl BackendStorage for CpuStorage {
             scheduler::StepInputs { x: &x, model: &model, noise: noise.as_deref(), prev_x0: prev_x0.as_deref() };
         let (out, x0) = scheduler::step(step, &inputs);
         Ok((CpuStorage::from_f32(out, self.dtype()), x0.map(|v| CpuStorage::from_f32(v, self.dtype()))))
+    }
+
+    fn adamw_step(&mut self, grads: &Self, m: &mut Self, v: &mut Self, step: &AdamWStep) -> Result<()> {
+        optim::adamw_step(self, grads, m, v, step)
+    }
+
+    fn sgd_step(&mut self, grads: &Self, momentum: Option<&mut Self>, step: &SgdStep) -> Result<()> {
+        optim::sgd_step(self, grads, momentum, step)
+    }
+
+    fn sum_squares(&self) -> Result<Self> {
+        optim::sum_squares(self)
     }
 }

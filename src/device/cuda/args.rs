@@ -3,6 +3,7 @@
 
 use cudarc::driver::DeviceRepr;
 
+use crate::device::contract::{AdamWStep, SgdStep};
 use crate::device::contract::{AttentionParams, BroadcastLayout, Conv2dParams, SchedulerStep, MAX_DIMS};
 use crate::error::{Error, Result};
 
@@ -193,6 +194,66 @@ impl SchedulerStepArgs {
             has_noise: has_noise as u32,
             has_prev: has_prev as u32,
             keep_x0: s.keep_x0 as u32,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct AdamWArgs {
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    bias_correction1: f32,
+    bias_correction2_sqrt: f32,
+    grad_scale: f32,
+}
+// SAFETY: plain-old-data with the C layout of the kernel parameter.
+unsafe impl DeviceRepr for AdamWArgs {}
+const _: () = assert!(std::mem::size_of::<AdamWArgs>() == 32, "AdamWArgs in kernels/common.cuh is 32 bytes");
+
+impl AdamWArgs {
+    pub(crate) fn new(s: &AdamWStep) -> Self {
+        AdamWArgs {
+            lr: s.lr,
+            beta1: s.beta1,
+            beta2: s.beta2,
+            eps: s.eps,
+            weight_decay: s.weight_decay,
+            bias_correction1: s.bias_correction1,
+            bias_correction2_sqrt: s.bias_correction2_sqrt,
+            grad_scale: s.grad_scale,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SgdArgs {
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    grad_scale: f32,
+    nesterov: u32,
+    first_step: u32,
+    has_momentum: u32,
+}
+// SAFETY: plain-old-data with the C layout of the kernel parameter.
+unsafe impl DeviceRepr for SgdArgs {}
+const _: () = assert!(std::mem::size_of::<SgdArgs>() == 28, "SgdArgs in kernels/common.cuh is 28 bytes");
+
+impl SgdArgs {
+    pub(crate) fn new(s: &SgdStep, has_momentum: bool) -> Self {
+        SgdArgs {
+            lr: s.lr,
+            momentum: s.momentum,
+            weight_decay: s.weight_decay,
+            grad_scale: s.grad_scale,
+            nesterov: s.nesterov as u32,
+            first_step: s.first_step as u32,
+            has_momentum: has_momentum as u32,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::args::{u32_of, AttentionArgs, BroadcastArgs, Conv2dArgs, SchedulerStepArgs, StridedArgs};
+use super::args::{AdamWArgs, SgdArgs};
 use super::{driver_err, CudaDevice};
 use crate::device::contract::*;
 use crate::device::{DType, HostData};
@@ -439,5 +440,50 @@ impl BackendStorage for CudaStorage {
             None => launch!(dev, "scheduler", name, cfg, x, m, noise_buf, prev_buf, &mut out.buf, x, &n, &args),
         }
         Ok((out, x0))
+    }
+
+    fn adamw_step(&mut self, grads: &Self, m: &mut Self, v: &mut Self, step: &AdamWStep) -> Result<()> {
+        for s in [&*self, grads, &*m, &*v] {
+            if s.dtype != DType::F32 {
+                return Err(Error::DType { op: "adamw_step", dtype: s.dtype });
+            }
+        }
+        if self.len > 0 {
+            let (args, n) = (AdamWArgs::new(step), self.len as u32);
+            let (dev, cfg) = (&self.device, self.device.grid_stride(self.len));
+            launch!(dev, "optim", "adamw_step_f32", cfg, &mut self.buf, &grads.buf, &mut m.buf, &mut v.buf, &n, &args);
+        }
+        Ok(())
+    }
+
+    fn sgd_step(&mut self, grads: &Self, momentum: Option<&mut Self>, step: &SgdStep) -> Result<()> {
+        for s in [Some(&*self), Some(grads), momentum.as_deref()].into_iter().flatten() {
+            if s.dtype != DType::F32 {
+                return Err(Error::DType { op: "sgd_step", dtype: s.dtype });
+            }
+        }
+        if self.len > 0 {
+            let (args, n) = (SgdArgs::new(step, momentum.is_some()), self.len as u32);
+            let (dev, cfg) = (&self.device, self.device.grid_stride(self.len));
+            match momentum {
+                Some(b) => launch!(dev, "optim", "sgd_step_f32", cfg, &mut self.buf, &grads.buf, &mut b.buf, &n, &args),
+                // Without momentum the kernel never touches the buffer; the gradients stand in.
+                None => launch!(dev, "optim", "sgd_step_f32", cfg, &mut self.buf, &grads.buf, &grads.buf, &n, &args),
+            }
+        }
+        Ok(())
+    }
+
+    fn sum_squares(&self) -> Result<Self> {
+        let name = format!("sum_squares_{}", self.float_kernel("sum_squares")?);
+        if self.len == 0 {
+            return self.zeros_like(1, DType::F32);
+        }
+        // One partial a block, summed by reduce_f32: the same grid always adds in the same order.
+        let blocks = self.len.div_ceil(2048).min(self.device.sm_count() as usize * 8).max(1);
+        let mut partials = self.output(blocks, DType::F32)?;
+        let n = self.len as u32;
+        launch!(&self.device, "optim", name, grid(blocks, 1, 1, BLOCK)?, &self.buf, &mut partials.buf, &n);
+        partials.reduce(ReduceOp::Sum, ReduceShape { outer: 1, len: blocks, inner: 1 })
     }
 }
