@@ -98,10 +98,10 @@ fn activation_backward_matches_finite_differences() {
             check(&format!("{op:?} {dims:?}"), &got, &finite_diff(&x, H, loss));
         }
     }
-    // relu'(0) = 0, as PyTorch.
-    let zero = Tensor::from_f32(vec![0.0, -0.0], [2], &Device::Cpu).unwrap();
-    let ones = Tensor::from_f32(vec![1.0, 1.0], [2], &Device::Cpu).unwrap();
-    assert_eq!(zero.activation_backward(UnaryOp::Relu, &ones).unwrap().to_vec_f32().unwrap(), [0.0, 0.0]);
+    // relu'(0) = 0, as PyTorch, and x ≤ 0 gives 0 whatever the gradient.
+    let x = Tensor::from_f32(vec![0.0, -0.0, -1.0, 2.0], [4], &Device::Cpu).unwrap();
+    let up = Tensor::from_f32(vec![1.0, 1.0, f32::INFINITY, 3.0], [4], &Device::Cpu).unwrap();
+    assert_eq!(x.activation_backward(UnaryOp::Relu, &up).unwrap().to_vec_f32().unwrap(), [0.0, 0.0, 0.0, 3.0]);
 }
 
 #[test]

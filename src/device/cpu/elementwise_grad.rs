@@ -12,52 +12,47 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 /// 1/sqrt(2π), the standard normal density at 0.
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
-/// d/dx of the activation `op` at x; relu'(0) = 0, as PyTorch.
-#[inline(always)]
-pub(crate) fn activation_grad(op: UnaryOp, x: f32) -> f32 {
-    let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
-    match op {
-        // x·σ(x): σ + x·σ·(1 − σ).
-        UnaryOp::Silu => {
-            let s = sigmoid(x);
-            s * (1.0 + x * (1.0 - s))
-        }
-        // Φ(x) + x·φ(x), Φ through erfc so negative x loses nothing to cancellation.
-        UnaryOp::Gelu => {
-            let x = x as f64;
-            (0.5 * erfc_f64(-x * std::f64::consts::FRAC_1_SQRT_2) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()) as f32
-        }
-        // x·σ(2u), u = c·(x + 0.044715·x³): σ + x·σ·(1 − σ)·2c·(1 + 3·0.044715·x²).
-        UnaryOp::GeluTanh => {
-            let s = sigmoid(2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x));
-            s + x * s * (1.0 - s) * 2.0 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
-        }
-        // x·σ(1.702·x): σ + 1.702·x·σ·(1 − σ).
-        UnaryOp::QuickGelu => {
-            let s = sigmoid(1.702 * x);
-            s + 1.702 * x * s * (1.0 - s)
-        }
-        UnaryOp::Relu => {
-            if x > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-    }
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
 }
 
+/// d/dx of x·σ(x): σ + x·σ·(1 − σ).
+fn silu_grad(x: f32) -> f32 {
+    let s = sigmoid(x);
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// d/dx of the erf GELU: Φ(x) + x·φ(x), Φ through erfc so negative x loses nothing to cancellation.
+fn gelu_grad(x: f32) -> f32 {
+    let x = x as f64;
+    (0.5 * erfc_f64(-x * std::f64::consts::FRAC_1_SQRT_2) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()) as f32
+}
+
+/// d/dx of x·σ(2u), u = c·(x + 0.044715·x³): σ + x·σ·(1 − σ)·2c·(1 + 3·0.044715·x²).
+fn gelu_tanh_grad(x: f32) -> f32 {
+    let s = sigmoid(2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x));
+    s + x * s * (1.0 - s) * 2.0 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
+/// d/dx of x·σ(1.702·x): σ + 1.702·x·σ·(1 − σ).
+fn quick_gelu_grad(x: f32) -> f32 {
+    let s = sigmoid(1.702 * x);
+    s + 1.702 * x * s * (1.0 - s)
+}
+
+/// dx = grad·op'(x); relu'(0) = 0, as PyTorch.
 pub(crate) fn activation_backward(op: UnaryOp, x: &[f32], grad: &[f32]) -> Vec<f32> {
     // One loop per activation, so the choice is made once, not per element.
-    fn each(x: &[f32], grad: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
-        x.par_iter().zip(grad).with_min_len(PAR_MIN).map(|(&v, &g)| g * f(v)).collect()
+    fn each(x: &[f32], grad: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+        x.par_iter().zip(grad).with_min_len(PAR_MIN).map(|(&v, &g)| f(v, g)).collect()
     }
     match op {
-        UnaryOp::Silu => each(x, grad, |v| activation_grad(UnaryOp::Silu, v)),
-        UnaryOp::Gelu => each(x, grad, |v| activation_grad(UnaryOp::Gelu, v)),
-        UnaryOp::GeluTanh => each(x, grad, |v| activation_grad(UnaryOp::GeluTanh, v)),
-        UnaryOp::QuickGelu => each(x, grad, |v| activation_grad(UnaryOp::QuickGelu, v)),
-        UnaryOp::Relu => each(x, grad, |v| activation_grad(UnaryOp::Relu, v)),
+        UnaryOp::Silu => each(x, grad, |v, g| g * silu_grad(v)),
+        UnaryOp::Gelu => each(x, grad, |v, g| g * gelu_grad(v)),
+        UnaryOp::GeluTanh => each(x, grad, |v, g| g * gelu_tanh_grad(v)),
+        UnaryOp::QuickGelu => each(x, grad, |v, g| g * quick_gelu_grad(v)),
+        // A select, not g·0: an infinite gradient where x ≤ 0 still gives 0 (PyTorch's threshold_backward).
+        UnaryOp::Relu => each(x, grad, |v, g| if v > 0.0 { g } else { 0.0 }),
     }
 }
 
@@ -82,7 +77,7 @@ pub(crate) fn geglu_backward(x: &[f32], grad: &[f32], rows: usize, d: usize) -> 
             let (dh, dg) = row.split_at_mut(d);
             for j in 0..d {
                 dh[j] = up[j] * super::elementwise::activation(UnaryOp::Gelu, g[j]);
-                dg[j] = up[j] * h[j] * activation_grad(UnaryOp::Gelu, g[j]);
+                dg[j] = up[j] * h[j] * gelu_grad(g[j]);
             }
         }
     });
