@@ -80,6 +80,38 @@ fn expected() -> Vec<(&'static str, Vec<Entry>)> {
             .chain(per(&[("sum_squares", &[PTR, PTR, U32])], &FLOATS))
             .collect(),
         ),
+        (
+            "attention_grad",
+            FLOATS
+                .iter()
+                .flat_map(|t| {
+                    ["d64", "d96", "d160"].into_iter().flat_map(move |d| {
+                        [("stats", 7), ("dq", 8), ("dkdv", 9)].into_iter().map(move |(kernel, pointers)| {
+                            let params = [vec![PTR; pointers], vec![ATTENTION_ARGS]].concat();
+                            (format!("attention_bwd_{kernel}_{t}_{d}"), params)
+                        })
+                    })
+                })
+                .collect(),
+        ),
+        (
+            "elementwise_grad",
+            per(
+                &[
+                    ("activation_backward", &[PTR, PTR, PTR, U32, U32][..]),
+                    ("clamp_backward", &[PTR, PTR, PTR, U32, U32, U32]),
+                    ("geglu_backward", &[PTR, PTR, PTR, U32, U32]),
+                ],
+                &FLOATS,
+            ),
+        ),
+        (
+            "embedding_grad",
+            per(&[("embedding_grad_sum", &[PTR, PTR, PTR, PTR, U32, U32, U32][..])], &FLOATS)
+                .into_iter()
+                .chain([("embedding_grad_rank".to_string(), vec![PTR, PTR, U32, U32])])
+                .collect(),
+        ),
     ]
 }
 

@@ -234,6 +234,26 @@ pub trait BackendStorage: Sized {
     /// Σ x² over the whole buffer, accumulated in f32, as a one-element f32 storage (the squared
     /// global gradient norm an optimizer clips by).
     fn sum_squares(&self) -> Result<Self>;
+    /// The gradients (dq, dk, dv) of `attention` for the upstream gradient `grad_out` (shaped as
+    /// q); `self` is q. The mask gets none. A query whose keys are all masked gets zeros.
+    fn attention_backward(
+        &self,
+        k: &Self,
+        v: &Self,
+        mask: Option<&Self>,
+        grad_out: &Self,
+        params: &AttentionParams,
+    ) -> Result<(Self, Self, Self)>;
+    /// The (vocab, dim) gradient of an embedding table from `self`, the (ids.len, dim) gradient
+    /// of the looked-up rows: row `ids[n]` sums row n. The CPU errs on an id ≥ vocab; CUDA
+    /// skips it.
+    fn embedding_backward(&self, ids: &Self, vocab: usize, dim: usize) -> Result<Self>;
+    /// dx = grad_out · op'(x) for the activation input `self`.
+    fn activation_backward(&self, op: UnaryOp, grad_out: &Self) -> Result<Self>;
+    /// dx = grad_out where lo ≤ x ≤ hi, else 0 (`self` is x).
+    fn clamp_backward(&self, lo: f32, hi: f32, grad_out: &Self) -> Result<Self>;
+    /// The (rows, 2·d) gradient of `geglu` at `self` for the (rows, d) `grad_out`.
+    fn geglu_backward(&self, grad_out: &Self, rows: usize, d: usize) -> Result<Self>;
 }
 
 /// One AdamW step, PyTorch's `torch.optim.AdamW` with the scalars that depend on the step number

@@ -378,4 +378,66 @@ impl BackendStorage for Storage {
     fn sum_squares(&self) -> Result<Self> {
         each_backend!(self, |s| s.sum_squares())
     }
+
+    fn attention_backward(
+        &self,
+        k: &Self,
+        v: &Self,
+        mask: Option<&Self>,
+        grad_out: &Self,
+        params: &AttentionParams,
+    ) -> Result<(Self, Self, Self)> {
+        match (self, k, v, grad_out) {
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v), Storage::Cpu(g)) => {
+                if let Some(m) = cpu_operand(mask) {
+                    let (dq, dk, dv) = q.attention_backward(k, v, m, g, params)?;
+                    return Ok((Storage::Cpu(dq), Storage::Cpu(dk), Storage::Cpu(dv)));
+                }
+            }
+            (Storage::Cuda(q), Storage::Cuda(k), Storage::Cuda(v), Storage::Cuda(g)) => {
+                if let Some(m) = cuda_operand(mask) {
+                    let (dq, dk, dv) = q.attention_backward(k, v, m, g, params)?;
+                    return Ok((Storage::Cuda(dq), Storage::Cuda(dk), Storage::Cuda(dv)));
+                }
+            }
+            _ => {}
+        }
+        let mut parts = vec![self, k, v, grad_out];
+        parts.extend(mask);
+        Err(mismatch("attention_backward", &parts))
+    }
+
+    fn embedding_backward(&self, ids: &Self, vocab: usize, dim: usize) -> Result<Self> {
+        same_backend!(
+            "embedding_backward",
+            self,
+            ids,
+            |g, i| g.embedding_backward(i, vocab, dim),
+            g.embedding_backward(i, vocab, dim)
+        )
+    }
+
+    fn activation_backward(&self, op: UnaryOp, grad_out: &Self) -> Result<Self> {
+        same_backend!(
+            "activation_backward",
+            self,
+            grad_out,
+            |x, g| x.activation_backward(op, g),
+            x.activation_backward(op, g)
+        )
+    }
+
+    fn clamp_backward(&self, lo: f32, hi: f32, grad_out: &Self) -> Result<Self> {
+        same_backend!("clamp_backward", self, grad_out, |x, g| x.clamp_backward(lo, hi, g), x.clamp_backward(lo, hi, g))
+    }
+
+    fn geglu_backward(&self, grad_out: &Self, rows: usize, d: usize) -> Result<Self> {
+        same_backend!(
+            "geglu_backward",
+            self,
+            grad_out,
+            |x, g| x.geglu_backward(g, rows, d),
+            x.geglu_backward(g, rows, d)
+        )
+    }
 }

@@ -4,7 +4,9 @@
 //! cheap to clone: ops return new tensors, reshapes share storage.
 
 mod atomic_file;
+mod attention_grad;
 mod elementwise;
+mod elementwise_grad;
 pub mod image;
 mod layout;
 mod linalg;

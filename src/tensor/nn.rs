@@ -157,12 +157,28 @@ impl Tensor {
         causal: bool,
         scale: Option<f32>,
     ) -> Result<Tensor> {
-        self.check_float("attention")?;
-        self.check_same("attention", &[k, v])?;
+        let (params, mask) = self.attention_params("attention", k, v, mask, causal, scale)?;
+        let out = self.storage.attention(&k.storage, &v.storage, mask.as_ref().map(|m| m.storage.as_ref()), &params)?;
+        Ok(Tensor::from_storage(out, self.shape.clone()))
+    }
+
+    /// The checks of attention with q = `self` (also of its backward, as `op`): the backend
+    /// parameters, and the mask as f32.
+    pub(super) fn attention_params(
+        &self,
+        op: &'static str,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        causal: bool,
+        scale: Option<f32>,
+    ) -> Result<(AttentionParams, Option<Tensor>)> {
+        self.check_float(op)?;
+        self.check_same(op, &[k, v])?;
         let (q, kd, vd) = (self.dims(), k.dims(), v.dims());
         if q.len() != 4 || kd.len() != 4 || kd != vd || q[0] != kd[0] || q[1] != kd[1] || q[3] != kd[3] {
             return shape_err(
-                "attention",
+                op,
                 format!(
                     "q {}, k {}, v {} must be (batch, heads, seq, d) with matching batch, heads and d",
                     self.shape, k.shape, v.shape
@@ -182,7 +198,7 @@ impl Tensor {
         let mask = match mask {
             Some(m) => {
                 if !m.device().same(&self.device()) || m.rank() != 4 {
-                    return shape_err("attention", format!("mask {} must be 4-D on the inputs' device", m.shape));
+                    return shape_err(op, format!("mask {} must be 4-D on the inputs' device", m.shape));
                 }
                 let full = [q[0], q[1], q[2], kd[2]];
                 let strides = m.shape.strides();
@@ -191,7 +207,7 @@ impl Tensor {
                         1 => params.mask_strides[d] = 0,
                         s if s == full[d] => params.mask_strides[d] = strides[d],
                         _ => {
-                            return shape_err("attention", format!("mask {} does not broadcast to {full:?}", m.shape));
+                            return shape_err(op, format!("mask {} does not broadcast to {full:?}", m.shape));
                         }
                     }
                 }
@@ -199,8 +215,7 @@ impl Tensor {
             }
             None => None,
         };
-        let out = self.storage.attention(&k.storage, &v.storage, mask.as_ref().map(|m| m.storage.as_ref()), &params)?;
-        Ok(Tensor::from_storage(out, self.shape.clone()))
+        Ok((params, mask))
     }
 
     /// An additive (batch, 1, 1, max_len) padding mask: 0 for the first

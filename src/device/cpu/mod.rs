@@ -3,8 +3,11 @@
 //! are widened and the result narrowed back), parallel with rayon.
 
 mod attention;
+mod attention_grad;
 pub mod conv;
 mod elementwise;
+mod elementwise_grad;
+mod embedding_grad;
 pub mod gemm;
 mod layout;
 mod matmul;
@@ -275,5 +278,43 @@ impl BackendStorage for CpuStorage {
 
     fn sum_squares(&self) -> Result<Self> {
         optim::sum_squares(self)
+    }
+
+    fn attention_backward(
+        &self,
+        k: &Self,
+        v: &Self,
+        mask: Option<&Self>,
+        grad_out: &Self,
+        p: &AttentionParams,
+    ) -> Result<(Self, Self, Self)> {
+        let op = "attention_backward";
+        let (q, k, v, g) = (self.f32s(op)?, k.f32s(op)?, v.f32s(op)?, grad_out.f32s(op)?);
+        let mask = mask.map(|m| m.f32s(op)).transpose()?;
+        let inputs = attention_grad::AttentionInputs { q: &q, k: &k, v: &v, mask: mask.as_deref(), grad_out: &g };
+        let (dq, dk, dv) = attention_grad::attention_backward(&inputs, p);
+        let dtype = self.dtype();
+        Ok((CpuStorage::from_f32(dq, dtype), CpuStorage::from_f32(dk, dtype), CpuStorage::from_f32(dv, dtype)))
+    }
+
+    fn embedding_backward(&self, ids: &Self, vocab: usize, dim: usize) -> Result<Self> {
+        let ids = ids.u32s("embedding_backward ids")?;
+        let grad = self.f32s("embedding_backward")?;
+        Ok(CpuStorage::from_f32(embedding_grad::embedding_backward(&grad, ids, vocab, dim)?, self.dtype()))
+    }
+
+    fn activation_backward(&self, op: UnaryOp, grad_out: &Self) -> Result<Self> {
+        let g = grad_out.f32s("activation_backward")?;
+        self.map_f32("activation_backward", |x| elementwise_grad::activation_backward(op, x, &g))
+    }
+
+    fn clamp_backward(&self, lo: f32, hi: f32, grad_out: &Self) -> Result<Self> {
+        let g = grad_out.f32s("clamp_backward")?;
+        self.map_f32("clamp_backward", |x| elementwise_grad::clamp_backward(x, &g, lo, hi))
+    }
+
+    fn geglu_backward(&self, grad_out: &Self, rows: usize, d: usize) -> Result<Self> {
+        let g = grad_out.f32s("geglu_backward")?;
+        self.map_f32("geglu_backward", |x| elementwise_grad::geglu_backward(x, &g, rows, d))
     }
 }

@@ -486,4 +486,109 @@ impl BackendStorage for CudaStorage {
         launch!(&self.device, "optim", name, grid(blocks, 1, 1, BLOCK)?, &self.buf, &mut partials.buf, &n);
         partials.reduce(ReduceOp::Sum, ReduceShape { outer: 1, len: blocks, inner: 1 })
     }
+
+    fn attention_backward(
+        &self,
+        k: &Self,
+        v: &Self,
+        mask: Option<&Self>,
+        grad_out: &Self,
+        p: &AttentionParams,
+    ) -> Result<(Self, Self, Self)> {
+        let heads = p.batch * p.heads;
+        let (len_q, len_kv) = (heads * p.q_len * p.head_dim, heads * p.kv_len * p.head_dim);
+        if len_q == 0 || len_kv == 0 {
+            // No keys: the output is 0 whatever q; no queries: nothing reaches k or v.
+            let zeros = |len| self.zeros_like(len, self.dtype);
+            return Ok((zeros(len_q)?, zeros(len_kv)?, zeros(len_kv)?));
+        }
+        let suffix = self.float_kernel("attention_backward")?;
+        // Per head-dim capacity D: query rows a stats/dQ block, keys a dK/dV block, and the dynamic
+        // shared memory of the stats, dQ and dK/dV kernels (kernels/attention_grad.cu `Cfg`).
+        let (d_max, block_q, block_k, smem) = match p.head_dim {
+            0..=64 => (64, 32, 64, [34816, 39168, 69888]),
+            65..=96 => (96, 64, 64, [76800, 85504, 94464]),
+            97..=160 => (160, 32, 32, [83968, 88320, 93440]),
+            d => {
+                return Err(Error::Cuda(format!(
+                    "attention_backward: head_dim {d} exceeds the kernels' maximum of 160"
+                )))
+            }
+        };
+        let dev = &self.device;
+        let config = |kernel: &str, blocks: usize, bytes: u32| -> Result<(String, LaunchConfig)> {
+            let name = format!("attention_bwd_{kernel}_{suffix}_d{d_max}");
+            // Over 48 KB of dynamic shared memory needs the function's opt-in.
+            let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            dev.function("attention_grad", &name)?.set_attribute(attribute, bytes as i32).map_err(driver_err)?;
+            Ok((name, LaunchConfig { shared_mem_bytes: bytes, ..grid(blocks, heads, 1, BLOCK)? }))
+        };
+        let args = AttentionArgs::new(p, mask.is_some())?;
+        // Without a mask the kernels never read that pointer; q stands in.
+        let mask_buf = mask.map_or(&self.buf, |m| &m.buf);
+        let (q, kb, vb, g) = (&self.buf, &k.buf, &v.buf, &grad_out.buf);
+        let mut lse = self.output(heads * p.q_len, DType::F32)?;
+        let mut dsum = self.output(heads * p.q_len, DType::F32)?;
+        let (name, cfg) = config("stats", p.q_len.div_ceil(block_q), smem[0])?;
+        launch!(dev, "attention_grad", name, cfg, q, kb, vb, mask_buf, g, &mut lse.buf, &mut dsum.buf, &args);
+        let mut dq = self.output(len_q, self.dtype)?;
+        let (name, cfg) = config("dq", p.q_len.div_ceil(block_q), smem[1])?;
+        launch!(dev, "attention_grad", name, cfg, q, kb, vb, mask_buf, g, &lse.buf, &dsum.buf, &mut dq.buf, &args);
+        let (mut dk, mut dv) = (self.output(len_kv, self.dtype)?, self.output(len_kv, self.dtype)?);
+        let (name, cfg) = config("dkdv", p.kv_len.div_ceil(block_k), smem[2])?;
+        let (lse, dsum) = (&lse.buf, &dsum.buf);
+        launch!(dev, "attention_grad", name, cfg, q, kb, vb, mask_buf, g, lse, dsum, &mut dk.buf, &mut dv.buf, &args);
+        Ok((dq, dk, dv))
+    }
+
+    fn embedding_backward(&self, ids: &Self, vocab: usize, dim: usize) -> Result<Self> {
+        if ids.dtype != DType::U32 {
+            return Err(Error::DType { op: "embedding_backward ids", dtype: ids.dtype });
+        }
+        let suffix = self.float_kernel("embedding_backward")?;
+        // Rows no id names stay zero; the sum kernel writes the others once.
+        let mut table = self.zeros_like(vocab * dim, self.dtype)?;
+        if ids.len == 0 || table.len == 0 {
+            return Ok(table);
+        }
+        let (n, d, vocab) = (u32_of("id count", ids.len)?, dim as u32, vocab as u32);
+        let mut order = self.output(ids.len, DType::U32)?;
+        let dev = &self.device;
+        let cfg = grid(ids.len.div_ceil(BLOCK as usize), 1, 1, BLOCK)?;
+        launch!(dev, "embedding_grad", "embedding_grad_rank", cfg, &ids.buf, &mut order.buf, &n, &vocab);
+        let name = format!("embedding_grad_sum_{suffix}");
+        let cfg = grid(ids.len.min(dev.sm_count() as usize * 8), 1, 1, BLOCK)?;
+        launch!(dev, "embedding_grad", name, cfg, &self.buf, &ids.buf, &order.buf, &mut table.buf, &n, &d, &vocab);
+        Ok(table)
+    }
+
+    fn activation_backward(&self, op: UnaryOp, grad_out: &Self) -> Result<Self> {
+        let mut out = self.output(self.len, self.dtype)?;
+        if self.len > 0 {
+            let name = format!("activation_backward_{}", self.float_kernel("activation_backward")?);
+            let (n, code, cfg) = (self.len as u32, unary_code(op), self.device.grid_stride(self.len));
+            launch!(&self.device, "elementwise_grad", name, cfg, &self.buf, &grad_out.buf, &mut out.buf, &n, &code);
+        }
+        Ok(out)
+    }
+
+    fn clamp_backward(&self, lo: f32, hi: f32, grad_out: &Self) -> Result<Self> {
+        let mut out = self.output(self.len, self.dtype)?;
+        if self.len > 0 {
+            let name = format!("clamp_backward_{}", self.float_kernel("clamp_backward")?);
+            let (n, cfg) = (self.len as u32, self.device.grid_stride(self.len));
+            launch!(&self.device, "elementwise_grad", name, cfg, &self.buf, &grad_out.buf, &mut out.buf, &n, &lo, &hi);
+        }
+        Ok(out)
+    }
+
+    fn geglu_backward(&self, grad_out: &Self, rows: usize, d: usize) -> Result<Self> {
+        let mut out = self.output(rows * 2 * d, self.dtype)?;
+        if rows * d > 0 {
+            let name = format!("geglu_backward_{}", self.float_kernel("geglu_backward")?);
+            let (r, d32, cfg) = (rows as u32, d as u32, self.device.grid_stride(rows * d));
+            launch!(&self.device, "elementwise_grad", name, cfg, &self.buf, &grad_out.buf, &mut out.buf, &r, &d32);
+        }
+        Ok(out)
+    }
 }
