@@ -25,6 +25,7 @@ left out). A ResNet-50 step takes about a minute on two CPU cores: use --iters 1
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -100,10 +101,10 @@ def training_flops(make_model, inputs, loss):
     return counter.get_total_flops()
 
 
-def train_step(model, opt, inputs, loss, amp, device, clip=None):
+def train_step(model, opt, inputs, loss, amp, device_type, clip=None):
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.autocast(device_type, dtype=amp) if amp else contextlib.nullcontext():
             value = loss(model, *inputs)
         value.backward()
         if clip is not None:
@@ -119,6 +120,7 @@ def main_train(a):
     amp = torch.bfloat16 if a.dtype == "bf16" else None
     dev = torch.device(a.device)
     fmt = torch.channels_last if a.device != "cpu" else torch.contiguous_format
+    torch.backends.cudnn.benchmark = True  # pick the fastest convolution algorithms during warm-up
     warmup = a.warmup if a.warmup is not None else (1 if a.device == "cpu" else 3)
     iters = a.iters if a.iters is not None else (3 if a.device == "cpu" else 20)
     wanted = lambda n: not a.names or any(s in n for s in a.names)
@@ -141,7 +143,7 @@ def main_train(a):
         x, y = rand(64, 3, 224, 224).to(memory_format=fmt), torch.randint(0, 1000, (64,), generator=g).to(dev)
         ce = lambda m, x, y: F.cross_entropy(m(x), y)
         opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        s = timed_steps(train_step(net, opt, (x, y), ce, amp, a.device), a.device, warmup, iters)
+        s = timed_steps(train_step(net, opt, (x, y), ce, amp, dev.type), a.device, warmup, iters)
         row("resnet50 train step (CE, SGD)", "64x3x224x224", s, training_flops(make, (x, y), ce))
         del net, opt
     if wanted("tiny-unet"):
@@ -153,7 +155,7 @@ def main_train(a):
         mse = lambda m, x, t, ctx, target: F.mse_loss(m(x, t, ctx).sample, target)
         opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
         inputs = (x, t, ctx, target)
-        s = timed_steps(train_step(unet, opt, inputs, mse, amp, a.device, clip=1.0), a.device, warmup, iters)
+        s = timed_steps(train_step(unet, opt, inputs, mse, amp, dev.type, clip=1.0), a.device, warmup, iters)
         row("tiny-unet train step (MSE, AdamW)", "2x4x8x8, 7x12 context", s, training_flops(make, inputs, mse))
 
 
