@@ -39,7 +39,8 @@
 // backward reads x, g three and two times (the row pass's re-reads mostly hit L1/L2) and writes dx;
 // group norm reads x three times and g twice (a group is 40-160 KB at SD sizes: L2 hits) and writes
 // dx; batch norm train reads x twice and writes y, batch norm backward reads x and g twice and
-// writes dx. Batch norm's parts stream their channel in 16 B packs when spatial allows.
+// writes dx. Batch norm's parts stream their channel in 16 B packs when spatial allows. Group norm
+// keeps the forward's one block an (image, group): a small n·groups leaves SMs idle, as there.
 
 #include "common.cuh"
 
