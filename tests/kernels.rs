@@ -112,6 +112,36 @@ fn expected() -> Vec<(&'static str, Vec<Entry>)> {
                 .chain([("embedding_grad_rank".to_string(), vec![PTR, PTR, U32, U32])])
                 .collect(),
         ),
+        (
+            "norm_grad",
+            per(
+                &[
+                    ("layer_norm_backward", &[PTR, PTR, PTR, PTR, PTR, U32, U32, U32][..]),
+                    ("layer_norm_param_partials", &[PTR, PTR, PTR, PTR, U32, U32, U32]),
+                    ("group_norm_backward", &[PTR, PTR, PTR, PTR, PTR, U32, U32, U32, U32, U32]),
+                    ("norm_param_grads", &[PTR, PTR, PTR, PTR, U32, U32, U32]),
+                    ("batch_norm_stats_partials", &[PTR, PTR, U32, U32, U32, U32]),
+                    ("batch_norm_apply", &[PTR, PTR, PTR, PTR, PTR, PTR, U32, U32, U32, U32, U32]),
+                    ("batch_norm_grad_partials", &[PTR, PTR, PTR, PTR, PTR, U32, U32, U32, U32, U32]),
+                    ("batch_norm_backward_dx", &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, U32, U32, U32, U32, U32]),
+                ],
+                &FLOATS,
+            )
+            .into_iter()
+            .chain([("batch_norm_stats_merge".to_string(), vec![PTR, PTR, PTR, U32, U32])])
+            .collect(),
+        ),
+        (
+            "loss",
+            per(
+                &[
+                    ("softmax_backward", &[PTR, PTR, PTR, U32, U32, U32][..]),
+                    ("cross_entropy", &[PTR, PTR, PTR, U32, U32, U32]),
+                    ("cross_entropy_backward", &[PTR, PTR, PTR, PTR, U32, U32, U32]),
+                ],
+                &FLOATS,
+            ),
+        ),
     ]
 }
 

@@ -254,6 +254,48 @@ pub trait BackendStorage: Sized {
     fn clamp_backward(&self, lo: f32, hi: f32, grad_out: &Self) -> Result<Self>;
     /// The (rows, 2·d) gradient of `geglu` at `self` for the (rows, d) `grad_out`.
     fn geglu_backward(&self, grad_out: &Self, rows: usize, d: usize) -> Result<Self>;
+    /// The gradients (dx, dweight, dbias) of `layer_norm` of (rows, cols) `self` for the upstream
+    /// gradient `grad_out`, recomputing each row's mean and rstd from x.
+    fn layer_norm_backward(
+        &self,
+        weight: &Self,
+        grad_out: &Self,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Self, Self, Self)>;
+    /// The gradients (dx, dweight, dbias) of `group_norm` of `self` for the upstream gradient `grad_out`.
+    fn group_norm_backward(&self, weight: &Self, grad_out: &Self, shape: GroupNormShape) -> Result<(Self, Self, Self)>;
+    /// Batch norm in training mode: (out, mean, var), normalised by the batch statistics of each
+    /// channel; mean and the biased variance are f32 (c,) whatever `self`'s dtype.
+    fn batch_norm_train(&self, weight: &Self, bias: &Self, shape: BatchNormShape) -> Result<(Self, Self, Self)>;
+    /// The gradients (dx, dweight, dbias) of `batch_norm_train` through the batch statistics, given
+    /// the f32 `mean` and `var` it returned.
+    fn batch_norm_backward(
+        &self,
+        weight: &Self,
+        grad_out: &Self,
+        mean: &Self,
+        var: &Self,
+        shape: BatchNormShape,
+    ) -> Result<(Self, Self, Self)>;
+    /// dx of softmax (or log-softmax, with `log`) over the last axis of (rows, cols), from its
+    /// output `self` and the upstream gradient: y·(g − Σ g·y), or g − exp(y)·Σ g.
+    fn softmax_backward(&self, grad_out: &Self, rows: usize, cols: usize, log: bool) -> Result<Self>;
+    /// Per-row cross-entropy of the (rows, classes) logits `self` against the u32 `labels`, with
+    /// label smoothing ε: (1−ε)·(−log p_label) + ε·mean_j(−log p_j), as f32 (rows,). A label ≥
+    /// classes is an error on the CPU and a NaN row on the GPU.
+    fn cross_entropy(&self, labels: &Self, rows: usize, classes: usize, smoothing: f32) -> Result<Self>;
+    /// dlogits of `cross_entropy` for the f32 per-row upstream gradient `grad_rows`:
+    /// grad_rows[r]·(softmax − ((1−ε)·onehot + ε/classes)), in the logits' dtype.
+    fn cross_entropy_backward(
+        &self,
+        labels: &Self,
+        grad_rows: &Self,
+        rows: usize,
+        classes: usize,
+        smoothing: f32,
+    ) -> Result<Self>;
 }
 
 /// One AdamW step, PyTorch's `torch.optim.AdamW` with the scalars that depend on the step number
@@ -310,4 +352,13 @@ pub struct SgdStep {
     pub first_step: bool,
     /// The gradient clipping factor (1 when not clipping).
     pub grad_scale: f32,
+}
+
+/// Batch normalisation of (n, c, spatial): each channel is normalised over its n·spatial values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormShape {
+    pub n: usize,
+    pub c: usize,
+    pub spatial: usize,
+    pub eps: f32,
 }

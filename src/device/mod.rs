@@ -440,4 +440,105 @@ impl BackendStorage for Storage {
             x.geglu_backward(g, rows, d)
         )
     }
+
+    fn layer_norm_backward(
+        &self,
+        weight: &Self,
+        grad_out: &Self,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Self, Self, Self)> {
+        match (self, weight, grad_out) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(g)) => x
+                .layer_norm_backward(w, g, rows, cols, eps)
+                .map(|(a, b, c)| (Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c))),
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(g)) => x
+                .layer_norm_backward(w, g, rows, cols, eps)
+                .map(|(a, b, c)| (Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c))),
+            _ => Err(mismatch("layer_norm_backward", &[self, weight, grad_out])),
+        }
+    }
+
+    fn group_norm_backward(&self, weight: &Self, grad_out: &Self, shape: GroupNormShape) -> Result<(Self, Self, Self)> {
+        match (self, weight, grad_out) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(g)) => {
+                x.group_norm_backward(w, g, shape).map(|(a, b, c)| (Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c)))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(g)) => x
+                .group_norm_backward(w, g, shape)
+                .map(|(a, b, c)| (Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c))),
+            _ => Err(mismatch("group_norm_backward", &[self, weight, grad_out])),
+        }
+    }
+
+    fn batch_norm_train(&self, weight: &Self, bias: &Self, shape: BatchNormShape) -> Result<(Self, Self, Self)> {
+        match (self, weight, bias) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(b)) => {
+                x.batch_norm_train(w, b, shape).map(|(a, b, c)| (Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c)))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(b)) => {
+                x.batch_norm_train(w, b, shape).map(|(a, b, c)| (Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c)))
+            }
+            _ => Err(mismatch("batch_norm_train", &[self, weight, bias])),
+        }
+    }
+
+    fn batch_norm_backward(
+        &self,
+        weight: &Self,
+        grad_out: &Self,
+        mean: &Self,
+        var: &Self,
+        shape: BatchNormShape,
+    ) -> Result<(Self, Self, Self)> {
+        match (self, weight, grad_out, mean, var) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => x
+                .batch_norm_backward(w, g, m, v, shape)
+                .map(|(a, b, c)| (Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c))),
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => x
+                .batch_norm_backward(w, g, m, v, shape)
+                .map(|(a, b, c)| (Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c))),
+            _ => Err(mismatch("batch_norm_backward", &[self, weight, grad_out, mean, var])),
+        }
+    }
+
+    fn softmax_backward(&self, grad_out: &Self, rows: usize, cols: usize, log: bool) -> Result<Self> {
+        same_backend!(
+            "softmax_backward",
+            self,
+            grad_out,
+            |y, g| y.softmax_backward(g, rows, cols, log),
+            y.softmax_backward(g, rows, cols, log)
+        )
+    }
+
+    fn cross_entropy(&self, labels: &Self, rows: usize, classes: usize, smoothing: f32) -> Result<Self> {
+        same_backend!(
+            "cross_entropy",
+            self,
+            labels,
+            |z, l| z.cross_entropy(l, rows, classes, smoothing),
+            z.cross_entropy(l, rows, classes, smoothing)
+        )
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        labels: &Self,
+        grad_rows: &Self,
+        rows: usize,
+        classes: usize,
+        smoothing: f32,
+    ) -> Result<Self> {
+        match (self, labels, grad_rows) {
+            (Storage::Cpu(z), Storage::Cpu(l), Storage::Cpu(g)) => {
+                z.cross_entropy_backward(l, g, rows, classes, smoothing).map(Storage::Cpu)
+            }
+            (Storage::Cuda(z), Storage::Cuda(l), Storage::Cuda(g)) => {
+                z.cross_entropy_backward(l, g, rows, classes, smoothing).map(Storage::Cuda)
+            }
+            _ => Err(mismatch("cross_entropy_backward", &[self, labels, grad_rows])),
+        }
+    }
 }

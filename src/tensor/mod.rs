@@ -19,6 +19,10 @@ pub mod safetensors;
 mod scheduler_step;
 mod shape;
 
+mod loss;
+mod norm_grad;
+pub use norm_grad::BatchNormTrain;
+
 use std::sync::Arc;
 
 pub use nn::Conv2dOptions;

@@ -18,6 +18,9 @@ mod reduce;
 mod scheduler;
 mod vexp;
 
+mod loss;
+mod norm_grad;
+
 use std::borrow::Cow;
 
 use half::slice::HalfFloatSliceExt;
@@ -316,5 +319,77 @@ impl BackendStorage for CpuStorage {
     fn geglu_backward(&self, grad_out: &Self, rows: usize, d: usize) -> Result<Self> {
         let g = grad_out.f32s("geglu_backward")?;
         self.map_f32("geglu_backward", |x| elementwise_grad::geglu_backward(x, &g, rows, d))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        weight: &Self,
+        grad_out: &Self,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Self, Self, Self)> {
+        let op = "layer_norm_backward";
+        let (x, w, g) = (self.f32s(op)?, weight.f32s(op)?, grad_out.f32s(op)?);
+        Ok(self.in_dtype(norm_grad::layer_norm_backward(&x, &w, &g, rows, cols, eps)))
+    }
+
+    fn group_norm_backward(&self, weight: &Self, grad_out: &Self, shape: GroupNormShape) -> Result<(Self, Self, Self)> {
+        let op = "group_norm_backward";
+        let (x, w, g) = (self.f32s(op)?, weight.f32s(op)?, grad_out.f32s(op)?);
+        Ok(self.in_dtype(norm_grad::group_norm_backward(&x, &w, &g, shape)))
+    }
+
+    fn batch_norm_train(&self, weight: &Self, bias: &Self, shape: BatchNormShape) -> Result<(Self, Self, Self)> {
+        let op = "batch_norm_train";
+        let (x, w, b) = (self.f32s(op)?, weight.f32s(op)?, bias.f32s(op)?);
+        let (out, mean, var) = norm_grad::batch_norm_train(&x, &w, &b, shape);
+        Ok((CpuStorage::from_f32(out, self.dtype()), CpuStorage::F32(mean), CpuStorage::F32(var)))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        weight: &Self,
+        grad_out: &Self,
+        mean: &Self,
+        var: &Self,
+        shape: BatchNormShape,
+    ) -> Result<(Self, Self, Self)> {
+        let op = "batch_norm_backward";
+        let (x, w, g) = (self.f32s(op)?, weight.f32s(op)?, grad_out.f32s(op)?);
+        let (mean, var) = (mean.f32s(op)?, var.f32s(op)?);
+        Ok(self.in_dtype(norm_grad::batch_norm_backward(&x, &w, &g, &mean, &var, shape)))
+    }
+
+    fn softmax_backward(&self, grad_out: &Self, rows: usize, cols: usize, log: bool) -> Result<Self> {
+        let g = grad_out.f32s("softmax_backward")?;
+        self.map_f32("softmax_backward", |y| loss::softmax_backward(y, &g, rows, cols, log))
+    }
+
+    fn cross_entropy(&self, labels: &Self, _rows: usize, classes: usize, smoothing: f32) -> Result<Self> {
+        let (z, labels) = (self.f32s("cross_entropy")?, labels.u32s("cross_entropy")?);
+        Ok(CpuStorage::F32(loss::cross_entropy(&z, labels, classes, smoothing)?))
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        labels: &Self,
+        grad_rows: &Self,
+        _rows: usize,
+        classes: usize,
+        smoothing: f32,
+    ) -> Result<Self> {
+        let op = "cross_entropy_backward";
+        let (z, labels, grad_rows) = (self.f32s(op)?, labels.u32s(op)?, grad_rows.f32s(op)?);
+        let dz = loss::cross_entropy_backward(&z, labels, &grad_rows, classes, smoothing)?;
+        Ok(CpuStorage::from_f32(dz, self.dtype()))
+    }
+}
+
+impl CpuStorage {
+    /// Three f32 results (a norm's dx, dweight, dbias) narrowed to `self`'s dtype.
+    fn in_dtype(&self, (a, b, c): norm_grad::Outputs) -> (CpuStorage, CpuStorage, CpuStorage) {
+        let d = self.dtype();
+        (CpuStorage::from_f32(a, d), CpuStorage::from_f32(b, d), CpuStorage::from_f32(c, d))
     }
 }

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use crate::device::contract::GroupNormShape;
 
 /// Mean and 1/sqrt(var + eps) of `x` (biased variance, as PyTorch normalises).
-fn stats(x: &[f32], eps: f32) -> (f32, f32) {
+pub(super) fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f64;
     let mean = lane_sum(x, |v| v as f64) / n;
     let var = lane_sum(x, |v| (v as f64 - mean).powi(2)) / n;
@@ -16,7 +16,7 @@ fn stats(x: &[f32], eps: f32) -> (f32, f32) {
 /// Σ f(x) in f64 over 8 independent lanes: one accumulator would serialise on
 /// the add latency and leave the pass far below memory bandwidth.
 #[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+pub(super) fn lane_sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut lanes = [0f64; 8];
     let chunks = x.chunks_exact(8);
     let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();

@@ -591,4 +591,240 @@ impl BackendStorage for CudaStorage {
         }
         Ok(out)
     }
+
+    fn layer_norm_backward(
+        &self,
+        weight: &Self,
+        grad_out: &Self,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Self, Self, Self)> {
+        let suffix = self.float_kernel("layer_norm_backward")?;
+        let mut dx = self.output(rows * cols, self.dtype)?;
+        if rows * cols == 0 {
+            return Ok((dx, self.zeros_like(cols, self.dtype)?, self.zeros_like(cols, self.dtype)?));
+        }
+        let dev = &self.device;
+        let (r, c) = (rows as u32, cols as u32);
+        let mut row_stats = self.output(2 * rows, DType::F32)?;
+        let name = format!("layer_norm_backward_{suffix}");
+        let (x, w, g) = (&self.buf, &weight.buf, &grad_out.buf);
+        launch!(
+            dev,
+            "norm_grad",
+            name,
+            grid(rows, 1, 1, BLOCK)?,
+            x,
+            w,
+            g,
+            &mut dx.buf,
+            &mut row_stats.buf,
+            &r,
+            &c,
+            &eps
+        );
+        // Rows split into parts so the (column tiles, parts) grid has about 8 blocks an SM.
+        let col_tiles = cols.div_ceil(32);
+        let parts = (dev.sm_count() as usize * 8).div_ceil(col_tiles).clamp(1, rows.div_ceil(32));
+        let rows_per_part = rows.div_ceil(parts);
+        let parts = rows.div_ceil(rows_per_part);
+        let mut partials = self.output(parts * cols * 2, DType::F32)?;
+        let name = format!("layer_norm_param_partials_{suffix}");
+        let (cfg, rpp) = (grid(col_tiles, parts, 1, BLOCK)?, rows_per_part as u32);
+        launch!(dev, "norm_grad", name, cfg, x, g, &row_stats.buf, &mut partials.buf, &r, &c, &rpp);
+        let (dw, db) = self.norm_param_grads(&partials, parts, cols, None)?;
+        Ok((dx, dw, db))
+    }
+
+    fn group_norm_backward(&self, weight: &Self, grad_out: &Self, s: GroupNormShape) -> Result<(Self, Self, Self)> {
+        let suffix = self.float_kernel("group_norm_backward")?;
+        let mut dx = self.output(self.len, self.dtype)?;
+        if self.len == 0 {
+            return Ok((dx, self.zeros_like(s.c, self.dtype)?, self.zeros_like(s.c, self.dtype)?));
+        }
+        let (n, c, sp, g) = (s.n as u32, s.c as u32, s.spatial as u32, s.groups as u32);
+        let mut partials = self.output(s.n * s.c * 2, DType::F32)?;
+        let name = format!("group_norm_backward_{suffix}");
+        let (dev, cfg) = (&self.device, grid(s.n * s.groups, 1, 1, BLOCK)?);
+        let (x, w, gr) = (&self.buf, &weight.buf, &grad_out.buf);
+        launch!(dev, "norm_grad", name, cfg, x, w, gr, &mut dx.buf, &mut partials.buf, &n, &c, &sp, &g, &s.eps);
+        let (dw, db) = self.norm_param_grads(&partials, s.n, s.c, None)?;
+        Ok((dx, dw, db))
+    }
+
+    fn batch_norm_train(&self, weight: &Self, bias: &Self, s: BatchNormShape) -> Result<(Self, Self, Self)> {
+        let suffix = self.float_kernel("batch_norm_train")?;
+        let mut out = self.output(self.len, self.dtype)?;
+        let (mut mean, mut var) = (self.output(s.c, DType::F32)?, self.output(s.c, DType::F32)?);
+        if self.len == 0 {
+            return Ok((out, mean, var));
+        }
+        let (parts, chunk) = self.batch_norm_parts(s);
+        let (n, c, sp, ch) = (s.n as u32, s.c as u32, s.spatial as u32, chunk as u32);
+        let (dev, cfg) = (&self.device, grid(s.c, parts, 1, BLOCK)?);
+        let mut partials = self.output(parts * s.c * 3, DType::F32)?;
+        let name = format!("batch_norm_stats_partials_{suffix}");
+        launch!(dev, "norm_grad", name, cfg, &self.buf, &mut partials.buf, &n, &c, &sp, &ch);
+        let p = parts as u32;
+        let merge_cfg = dev.grid_stride(s.c);
+        launch!(
+            dev,
+            "norm_grad",
+            "batch_norm_stats_merge",
+            merge_cfg,
+            &partials.buf,
+            &mut mean.buf,
+            &mut var.buf,
+            &p,
+            &c
+        );
+        let name = format!("batch_norm_apply_{suffix}");
+        let (x, w, b) = (&self.buf, &weight.buf, &bias.buf);
+        launch!(dev, "norm_grad", name, cfg, x, w, b, &mean.buf, &var.buf, &mut out.buf, &n, &c, &sp, &ch, &s.eps);
+        Ok((out, mean, var))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        weight: &Self,
+        grad_out: &Self,
+        mean: &Self,
+        var: &Self,
+        s: BatchNormShape,
+    ) -> Result<(Self, Self, Self)> {
+        let suffix = self.float_kernel("batch_norm_backward")?;
+        for stat in [mean, var] {
+            if stat.dtype != DType::F32 || stat.len != s.c {
+                return Err(Error::DType { op: "batch_norm_backward statistics", dtype: stat.dtype });
+            }
+        }
+        let mut dx = self.output(self.len, self.dtype)?;
+        if self.len == 0 {
+            return Ok((dx, self.zeros_like(s.c, self.dtype)?, self.zeros_like(s.c, self.dtype)?));
+        }
+        let (parts, chunk) = self.batch_norm_parts(s);
+        let (n, c, sp, ch) = (s.n as u32, s.c as u32, s.spatial as u32, chunk as u32);
+        let (dev, cfg) = (&self.device, grid(s.c, parts, 1, BLOCK)?);
+        let (x, w, g, m, v) = (&self.buf, &weight.buf, &grad_out.buf, &mean.buf, &var.buf);
+        let mut partials = self.output(parts * s.c * 2, DType::F32)?;
+        let name = format!("batch_norm_grad_partials_{suffix}");
+        launch!(dev, "norm_grad", name, cfg, x, g, m, v, &mut partials.buf, &n, &c, &sp, &ch, &s.eps);
+        let mut totals = self.output(s.c * 2, DType::F32)?;
+        let (dw, db) = self.norm_param_grads(&partials, parts, s.c, Some(&mut totals))?;
+        let name = format!("batch_norm_backward_dx_{suffix}");
+        launch!(dev, "norm_grad", name, cfg, x, w, g, m, v, &totals.buf, &mut dx.buf, &n, &c, &sp, &ch, &s.eps);
+        Ok((dx, dw, db))
+    }
+
+    fn softmax_backward(&self, grad_out: &Self, rows: usize, cols: usize, log: bool) -> Result<Self> {
+        let mut dx = self.output(rows * cols, self.dtype)?;
+        if rows * cols > 0 {
+            let name = format!("softmax_backward_{}", self.float_kernel("softmax_backward")?);
+            let (r, c, l) = (rows as u32, cols as u32, log as i32);
+            let (y, g) = (&self.buf, &grad_out.buf);
+            launch!(&self.device, "loss", name, grid(rows, 1, 1, BLOCK)?, y, g, &mut dx.buf, &r, &c, &l);
+        }
+        Ok(dx)
+    }
+
+    fn cross_entropy(&self, labels: &Self, rows: usize, classes: usize, smoothing: f32) -> Result<Self> {
+        let suffix = self.float_kernel("cross_entropy")?;
+        if labels.dtype != DType::U32 || labels.len != rows {
+            return Err(Error::DType { op: "cross_entropy labels", dtype: labels.dtype });
+        }
+        let mut loss = self.output(rows, DType::F32)?;
+        if rows > 0 {
+            let (r, c) = (rows as u32, classes as u32);
+            let (z, l, cfg) = (&self.buf, &labels.buf, grid(rows, 1, 1, BLOCK)?);
+            launch!(
+                &self.device,
+                "loss",
+                format!("cross_entropy_{suffix}"),
+                cfg,
+                z,
+                l,
+                &mut loss.buf,
+                &r,
+                &c,
+                &smoothing
+            );
+        }
+        Ok(loss)
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        labels: &Self,
+        grad_rows: &Self,
+        rows: usize,
+        classes: usize,
+        smoothing: f32,
+    ) -> Result<Self> {
+        let suffix = self.float_kernel("cross_entropy_backward")?;
+        if labels.dtype != DType::U32 || labels.len != rows {
+            return Err(Error::DType { op: "cross_entropy_backward labels", dtype: labels.dtype });
+        }
+        if grad_rows.dtype != DType::F32 || grad_rows.len != rows {
+            return Err(Error::DType { op: "cross_entropy_backward grad_rows", dtype: grad_rows.dtype });
+        }
+        let mut dz = self.output(rows * classes, self.dtype)?;
+        if rows * classes > 0 {
+            let (r, c) = (rows as u32, classes as u32);
+            let (z, l, gr, cfg) = (&self.buf, &labels.buf, &grad_rows.buf, grid(rows, 1, 1, BLOCK)?);
+            let name = format!("cross_entropy_backward_{suffix}");
+            launch!(&self.device, "loss", name, cfg, z, l, gr, &mut dz.buf, &r, &c, &smoothing);
+        }
+        Ok(dz)
+    }
+}
+
+impl CudaStorage {
+    /// dweight and dbias in `self`'s dtype from f32 partial sums (parts, channels, [Σ g·x̂, Σ g]),
+    /// added part by part in order; with `totals` (channels × 2 f32), the unrounded sums too.
+    fn norm_param_grads(
+        &self,
+        partials: &CudaStorage,
+        parts: usize,
+        channels: usize,
+        totals: Option<&mut CudaStorage>,
+    ) -> Result<(CudaStorage, CudaStorage)> {
+        let (mut dw, mut db) = (self.output(channels, self.dtype)?, self.output(channels, self.dtype)?);
+        if channels == 0 {
+            return Ok((dw, db));
+        }
+        let name = format!("norm_param_grads_{}", self.float_kernel("norm_param_grads")?);
+        let (p, c, keep) = (u32_of("parts", parts)?, channels as u32, totals.is_some() as u32);
+        let (dev, cfg) = (&self.device, self.device.grid_stride(channels));
+        match totals {
+            Some(t) => {
+                launch!(dev, "norm_grad", name, cfg, &partials.buf, &mut dw.buf, &mut db.buf, &mut t.buf, &p, &c, &keep)
+            }
+            // Without totals the kernel never writes that pointer; the partials stand in.
+            None => launch!(
+                dev,
+                "norm_grad",
+                name,
+                cfg,
+                &partials.buf,
+                &mut dw.buf,
+                &mut db.buf,
+                &partials.buf,
+                &p,
+                &c,
+                &keep
+            ),
+        }
+        Ok((dw, db))
+    }
+
+    /// (parts, chunk) for batch norm's (c, parts) grids: each channel's n·spatial values split so
+    /// the grid has about 8 blocks an SM, at least 4096 values a part, chunks a multiple of 8 (whole
+    /// 16-byte packs of any dtype).
+    fn batch_norm_parts(&self, s: BatchNormShape) -> (usize, usize) {
+        let m = s.n * s.spatial;
+        let want = (self.device.sm_count() as usize * 8).div_ceil(s.c.max(1)).clamp(1, m.div_ceil(4096).max(1));
+        let chunk = m.div_ceil(want).next_multiple_of(8);
+        (m.div_ceil(chunk), chunk)
+    }
 }
