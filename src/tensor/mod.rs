@@ -4,6 +4,7 @@
 //! cheap to clone: ops return new tensors, reshapes share storage.
 
 mod atomic_file;
+mod conv_grad;
 mod elementwise;
 pub mod image;
 mod layout;
