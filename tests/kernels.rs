@@ -59,6 +59,20 @@ fn expected() -> Vec<(&'static str, Vec<Entry>)> {
         ("upsample_nearest2x", &[PTR, PTR, U32, U32, U32]),
         ("embedding", &[PTR, PTR, PTR, U32, U32, U32]),
     ];
+    let window = [PTR, PTR, U32, U32, U32, U32, U32, U32, U32, U32];
+    let pool = [
+        ("max_pool2d", &window[..]),
+        ("max_pool2d_backward", &[PTR, PTR, PTR, U32, U32, U32, U32, U32, U32, U32, U32]),
+        ("avg_pool2d", &window),
+        ("avg_pool2d_backward", &window),
+        ("adaptive_avg_pool2d", &[PTR, PTR, U32, U32, U32, U32, U32]),
+        ("adaptive_avg_pool2d_backward", &[PTR, PTR, U32, U32, U32, U32, U32]),
+    ];
+    let conv_grad = [
+        ("conv2d_input_grad", &[PTR, PTR, PTR, CONV2D_ARGS][..]),
+        ("conv2d_weight_grad", &[PTR, PTR, PTR, PTR, CONV2D_ARGS, U32, U32]),
+        ("conv2d_weight_grad_reduce", &[PTR, PTR, U32, U32]),
+    ];
     vec![
         ("elementwise", per(&elementwise, &FLOATS).into_iter().chain(casts).collect()),
         ("reduce", per(&reduce, &FLOATS)),
@@ -67,7 +81,8 @@ fn expected() -> Vec<(&'static str, Vec<Entry>)> {
         ("gemm", per(&[("matmul", &[PTR, PTR, PTR, U32, U32, U32, U32, U32, U32, U32])], &FLOATS)),
         ("conv", per(&[("conv2d", &[PTR, PTR, PTR, PTR, CONV2D_ARGS])], &FLOATS)),
         ("attention", attention.collect()),
-        ("pool", per(&[("max_pool2d", &[PTR, PTR, U32, U32, U32, U32, U32, U32, U32, U32])], &FLOATS)),
+        ("pool", per(&pool, &FLOATS)),
+        ("conv_grad", per(&conv_grad, &FLOATS)),
         ("scheduler", per(&[("scheduler_step", &[PTR, PTR, PTR, PTR, PTR, PTR, U32, SCHEDULER_STEP_ARGS])], &FLOATS)),
         // optim: AdamWArgs is 32 bytes, SgdArgs 28 (src/device/cuda/args.rs asserts both).
         (

@@ -177,6 +177,23 @@ pub struct SchedulerStep {
     pub keep_x0: bool,
 }
 
+/// Average pooling takes the windows of max pooling; padding counts as zeros in the average
+/// (PyTorch's count_include_pad), and with floor mode no window overhangs the padded input, so
+/// every window divides by kernel².
+pub type AvgPool2dParams = MaxPool2dParams;
+
+/// Adaptive average pooling of (planes, h, w) to (planes, h_out, w_out) with PyTorch's bins:
+/// output row i averages input rows floor(i·h / h_out) .. ceil((i + 1)·h / h_out), and the same
+/// for columns. h, w, h_out and w_out are all at least 1, so no bin is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdaptivePool2dParams {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+}
+
 /// What every backend's storage can do. Inputs are contiguous; a float op takes
 /// f32/f16/bf16 and returns the input dtype (accumulating in f32).
 pub trait BackendStorage: Sized {
@@ -296,6 +313,22 @@ pub trait BackendStorage: Sized {
         classes: usize,
         smoothing: f32,
     ) -> Result<Self>;
+    /// dL/dx of conv2d from the upstream gradient `self` (n, c_out, h_out, w_out) and the
+    /// weight; `params` describes the forward. Returns (n, c_in, h, w).
+    fn conv2d_input_grad(&self, weight: &Self, params: &Conv2dParams) -> Result<Self>;
+    /// dL/dW of conv2d from the upstream gradient `self` and the forward's input; returns
+    /// (c_out, c_in / groups, kh, kw), summed over the batch.
+    fn conv2d_weight_grad(&self, input: &Self, params: &Conv2dParams) -> Result<Self>;
+    /// dL/dx of max_pool2d from the upstream gradient `self` (planes, h_out, w_out): each
+    /// window's gradient goes to its maximum, found again from `input` with the forward's rule
+    /// (the first maximum in row-major window order; a NaN wins, the last one if several).
+    fn max_pool2d_backward(&self, input: &Self, params: &MaxPool2dParams) -> Result<Self>;
+    fn avg_pool2d(&self, params: &AvgPool2dParams) -> Result<Self>;
+    /// dL/dx of avg_pool2d from the upstream gradient `self` (planes, h_out, w_out).
+    fn avg_pool2d_backward(&self, params: &AvgPool2dParams) -> Result<Self>;
+    fn adaptive_avg_pool2d(&self, params: &AdaptivePool2dParams) -> Result<Self>;
+    /// dL/dx of adaptive_avg_pool2d from the upstream gradient `self` (planes, h_out, w_out).
+    fn adaptive_avg_pool2d_backward(&self, params: &AdaptivePool2dParams) -> Result<Self>;
 }
 
 /// One AdamW step, PyTorch's `torch.optim.AdamW` with the scalars that depend on the step number

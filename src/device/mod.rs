@@ -541,4 +541,50 @@ impl BackendStorage for Storage {
             _ => Err(mismatch("cross_entropy_backward", &[self, labels, grad_rows])),
         }
     }
+
+    fn conv2d_input_grad(&self, weight: &Self, params: &Conv2dParams) -> Result<Self> {
+        same_backend!(
+            "conv2d_input_grad",
+            self,
+            weight,
+            |g, w| g.conv2d_input_grad(w, params),
+            g.conv2d_input_grad(w, params)
+        )
+    }
+
+    fn conv2d_weight_grad(&self, input: &Self, params: &Conv2dParams) -> Result<Self> {
+        same_backend!(
+            "conv2d_weight_grad",
+            self,
+            input,
+            |g, x| g.conv2d_weight_grad(x, params),
+            g.conv2d_weight_grad(x, params)
+        )
+    }
+
+    fn max_pool2d_backward(&self, input: &Self, params: &MaxPool2dParams) -> Result<Self> {
+        same_backend!(
+            "max_pool2d_backward",
+            self,
+            input,
+            |g, x| g.max_pool2d_backward(x, params),
+            g.max_pool2d_backward(x, params)
+        )
+    }
+
+    fn avg_pool2d(&self, params: &AvgPool2dParams) -> Result<Self> {
+        each_backend!(self, |s| s.avg_pool2d(params))
+    }
+
+    fn avg_pool2d_backward(&self, params: &AvgPool2dParams) -> Result<Self> {
+        each_backend!(self, |s| s.avg_pool2d_backward(params))
+    }
+
+    fn adaptive_avg_pool2d(&self, params: &AdaptivePool2dParams) -> Result<Self> {
+        each_backend!(self, |s| s.adaptive_avg_pool2d(params))
+    }
+
+    fn adaptive_avg_pool2d_backward(&self, params: &AdaptivePool2dParams) -> Result<Self> {
+        each_backend!(self, |s| s.adaptive_avg_pool2d_backward(params))
+    }
 }

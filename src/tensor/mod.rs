@@ -5,6 +5,7 @@
 
 mod atomic_file;
 mod attention_grad;
+mod conv_grad;
 mod elementwise;
 mod elementwise_grad;
 pub mod image;

@@ -62,59 +62,15 @@ impl Tensor {
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opt: Conv2dOptions) -> Result<Tensor> {
         self.check_float("conv2d")?;
         self.check_same("conv2d", &[weight])?;
-        let (x, w) = (self.dims(), weight.dims());
-        if x.len() != 4 || w.len() != 4 {
-            return shape_err("conv2d", format!("input {} and weight {} must both be 4-D", self.shape, weight.shape));
-        }
-        let g = opt.groups;
-        if g == 0 || x[1] % g != 0 || w[0] % g != 0 || w[1] * g != x[1] {
-            return shape_err(
-                "conv2d",
-                format!("input {} and weight {} do not match with {g} groups", self.shape, weight.shape),
-            );
-        }
-        if opt.stride.0 == 0 || opt.stride.1 == 0 || opt.dilation.0 == 0 || opt.dilation.1 == 0 {
-            return shape_err("conv2d", "stride and dilation must be at least 1");
-        }
+        let p = conv2d_params("conv2d", self.dims(), weight.dims(), opt)?;
         if let Some(b) = bias {
             self.check_same("conv2d", &[b])?;
-            if b.dims() != [w[0]] {
-                return shape_err("conv2d", format!("bias {} must be ({},)", b.shape, w[0]));
+            if b.dims() != [p.c_out] {
+                return shape_err("conv2d", format!("bias {} must be ({},)", b.shape, p.c_out));
             }
         }
-        let out_size = |size: usize, pad: usize, dil: usize, k: usize, stride: usize| {
-            let span = dil * (k - 1) + 1;
-            (size + 2 * pad >= span).then(|| (size + 2 * pad - span) / stride + 1)
-        };
-        let (Some(h_out), Some(w_out)) = (
-            out_size(x[2], opt.padding.0, opt.dilation.0, w[2], opt.stride.0),
-            out_size(x[3], opt.padding.1, opt.dilation.1, w[3], opt.stride.1),
-        ) else {
-            return shape_err(
-                "conv2d",
-                format!("kernel {} is larger than the padded input {}", weight.shape, self.shape),
-            );
-        };
-        if w[2] == 0 || w[3] == 0 {
-            return shape_err("conv2d", format!("empty kernel {}", weight.shape));
-        }
-        let p = Conv2dParams {
-            n: x[0],
-            c_in: x[1],
-            h: x[2],
-            w: x[3],
-            c_out: w[0],
-            kh: w[2],
-            kw: w[3],
-            stride: opt.stride,
-            padding: opt.padding,
-            dilation: opt.dilation,
-            groups: g,
-            h_out,
-            w_out,
-        };
         let out = self.storage.conv2d(&weight.storage, bias.map(|b| b.storage.as_ref()), &p)?;
-        Ok(Tensor::from_storage(out, Shape::new([x[0], w[0], h_out, w_out])))
+        Ok(Tensor::from_storage(out, Shape::new([p.n, p.c_out, p.h_out, p.w_out])))
     }
 
     /// Nearest-neighbour ×2 upsampling of the last two dimensions.
@@ -227,4 +183,48 @@ impl Tensor {
             .collect();
         Tensor::from_f32(data, [lengths.len(), 1, 1, max_len], device)
     }
+}
+
+/// The checked description of an input of dims `x` convolved by a weight of dims `w` under
+/// `opt`: what conv2d and its gradients (tensor/conv_grad.rs) compute from.
+pub(super) fn conv2d_params(op: &'static str, x: &[usize], w: &[usize], opt: Conv2dOptions) -> Result<Conv2dParams> {
+    let (xs, ws) = (Shape::new(x), Shape::new(w));
+    if x.len() != 4 || w.len() != 4 {
+        return shape_err(op, format!("input {xs} and weight {ws} must both be 4-D"));
+    }
+    let g = opt.groups;
+    if g == 0 || x[1] % g != 0 || w[0] % g != 0 || w[1] * g != x[1] {
+        return shape_err(op, format!("input {xs} and weight {ws} do not match with {g} groups"));
+    }
+    if opt.stride.0 == 0 || opt.stride.1 == 0 || opt.dilation.0 == 0 || opt.dilation.1 == 0 {
+        return shape_err(op, "stride and dilation must be at least 1");
+    }
+    if w[2] == 0 || w[3] == 0 {
+        return shape_err(op, format!("empty kernel {ws}"));
+    }
+    let out_size = |size: usize, pad: usize, dil: usize, k: usize, stride: usize| {
+        let span = dil * (k - 1) + 1;
+        (size + 2 * pad >= span).then(|| (size + 2 * pad - span) / stride + 1)
+    };
+    let (Some(h_out), Some(w_out)) = (
+        out_size(x[2], opt.padding.0, opt.dilation.0, w[2], opt.stride.0),
+        out_size(x[3], opt.padding.1, opt.dilation.1, w[3], opt.stride.1),
+    ) else {
+        return shape_err(op, format!("kernel {ws} is larger than the padded input {xs}"));
+    };
+    Ok(Conv2dParams {
+        n: x[0],
+        c_in: x[1],
+        h: x[2],
+        w: x[3],
+        c_out: w[0],
+        kh: w[2],
+        kw: w[3],
+        stride: opt.stride,
+        padding: opt.padding,
+        dilation: opt.dilation,
+        groups: g,
+        h_out,
+        w_out,
+    })
 }

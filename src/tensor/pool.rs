@@ -1,8 +1,44 @@
-//! Pooling.
+//! Pooling over the last two dimensions, and the gradients of each pooling (the backward ops
+//! autograd calls).
 
 use super::{Shape, Tensor};
-use crate::device::{BackendStorage, MaxPool2dParams};
+use crate::device::{AdaptivePool2dParams, BackendStorage, MaxPool2dParams};
 use crate::error::{shape_err, Result};
+
+/// The checked windows of `kernel`×`kernel` pooling at `stride` with `padding` over the last two
+/// of `dims`, and the output's dims. As in PyTorch, `padding` may be at most `kernel / 2`.
+fn pool_windows(
+    op: &'static str,
+    dims: &[usize],
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<(MaxPool2dParams, Vec<usize>)> {
+    let shape = Shape::new(dims);
+    if dims.len() < 2 {
+        return shape_err(op, format!("input {shape} needs two spatial dimensions"));
+    }
+    if kernel == 0 || stride == 0 || padding > kernel / 2 {
+        return shape_err(
+            op,
+            format!(
+                "kernel {kernel}, stride {stride}, padding {padding}: need kernel, stride ≥ 1 and padding ≤ kernel / 2"
+            ),
+        );
+    }
+    let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    if h == 0 || w == 0 {
+        return shape_err(op, format!("input {shape} has an empty spatial dimension"));
+    }
+    if h + 2 * padding < kernel || w + 2 * padding < kernel {
+        return shape_err(op, format!("kernel {kernel} is larger than the padded input {shape}"));
+    }
+    let (h_out, w_out) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
+    let planes = dims[..dims.len() - 2].iter().product();
+    let mut out = dims.to_vec();
+    out.splice(dims.len() - 2.., [h_out, w_out]);
+    Ok((MaxPool2dParams { planes, h, w, kernel, stride, padding, h_out, w_out }, out))
+}
 
 impl Tensor {
     /// Max pooling of the last two dimensions over `kernel`×`kernel` windows at
@@ -11,31 +47,99 @@ impl Tensor {
     /// PyTorch, `padding` may be at most `kernel / 2`.
     pub fn max_pool2d(&self, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
         self.check_float("max_pool2d")?;
-        let d = self.dims();
-        if d.len() < 2 {
-            return shape_err("max_pool2d", format!("input {} needs two spatial dimensions", self.shape));
-        }
-        if kernel == 0 || stride == 0 || padding > kernel / 2 {
-            return shape_err(
-                "max_pool2d",
-                format!("kernel {kernel}, stride {stride}, padding {padding}: need kernel, stride ≥ 1 and padding ≤ kernel / 2"),
-            );
-        }
-        let (h, w) = (d[d.len() - 2], d[d.len() - 1]);
-        if h == 0 || w == 0 {
-            return shape_err("max_pool2d", format!("input {} has an empty spatial dimension", self.shape));
-        }
-        if h + 2 * padding < kernel || w + 2 * padding < kernel {
-            return shape_err("max_pool2d", format!("kernel {kernel} is larger than the padded input {}", self.shape));
-        }
-        let (h_out, w_out) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
-        let planes = d[..d.len() - 2].iter().product();
-        let params = MaxPool2dParams { planes, h, w, kernel, stride, padding, h_out, w_out };
-        let mut out = d.to_vec();
-        out[d.len() - 2] = h_out;
-        out[d.len() - 1] = w_out;
+        let (params, out) = pool_windows("max_pool2d", self.dims(), kernel, stride, padding)?;
         Ok(Tensor::from_storage(self.storage.max_pool2d(&params)?, Shape::new(out)))
     }
+
+    /// dL/dx of `input.max_pool2d(kernel, stride, padding)` from the upstream gradient `self`:
+    /// each window's gradient goes to the input the forward picked (the first maximum in
+    /// row-major window order, as PyTorch), found again from `input`.
+    pub fn max_pool2d_backward(&self, input: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+        const OP: &str = "max_pool2d_backward";
+        self.check_float(OP)?;
+        self.check_same(OP, &[input])?;
+        let (params, out) = pool_windows(OP, input.dims(), kernel, stride, padding)?;
+        self.check_pool_grad_out(OP, &out)?;
+        let dx = self.storage.max_pool2d_backward(&input.storage, &params)?;
+        Ok(Tensor::from_storage(dx, input.shape.clone()))
+    }
+
+    /// Average pooling of the last two dimensions over `kernel`×`kernel` windows at `stride`,
+    /// with `padding` zeros on each side that count in the average: PyTorch's
+    /// `avg_pool2d(x, kernel, stride, padding)` with its defaults (count_include_pad, floor
+    /// mode), so every window divides by kernel². `padding` may be at most `kernel / 2`.
+    pub fn avg_pool2d(&self, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+        self.check_float("avg_pool2d")?;
+        let (params, out) = pool_windows("avg_pool2d", self.dims(), kernel, stride, padding)?;
+        Ok(Tensor::from_storage(self.storage.avg_pool2d(&params)?, Shape::new(out)))
+    }
+
+    /// dL/dx, of `input_dims`, of `x.avg_pool2d(kernel, stride, padding)` from the upstream
+    /// gradient `self`.
+    pub fn avg_pool2d_backward(
+        &self,
+        input_dims: &[usize],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
+        const OP: &str = "avg_pool2d_backward";
+        self.check_float(OP)?;
+        let (params, out) = pool_windows(OP, input_dims, kernel, stride, padding)?;
+        self.check_pool_grad_out(OP, &out)?;
+        Ok(Tensor::from_storage(self.storage.avg_pool2d_backward(&params)?, Shape::new(input_dims)))
+    }
+
+    /// Adaptive average pooling of the last two dimensions to `out_h`×`out_w`, as PyTorch's
+    /// `adaptive_avg_pool2d`: output (i, j) averages input rows floor(i·h/out_h) ..
+    /// ceil((i+1)·h/out_h) and the columns likewise, so bins overlap when the sizes do not divide.
+    pub fn adaptive_avg_pool2d(&self, out_h: usize, out_w: usize) -> Result<Tensor> {
+        self.check_float("adaptive_avg_pool2d")?;
+        let params = adaptive_bins("adaptive_avg_pool2d", self.dims(), out_h, out_w)?;
+        let mut out = self.dims().to_vec();
+        out.splice(out.len() - 2.., [out_h, out_w]);
+        Ok(Tensor::from_storage(self.storage.adaptive_avg_pool2d(&params)?, Shape::new(out)))
+    }
+
+    /// dL/dx, of `input_dims`, of `x.adaptive_avg_pool2d(out_h, out_w)` from the upstream
+    /// gradient `self`, whose last two dimensions are (out_h, out_w).
+    pub fn adaptive_avg_pool2d_backward(&self, input_dims: &[usize]) -> Result<Tensor> {
+        const OP: &str = "adaptive_avg_pool2d_backward";
+        self.check_float(OP)?;
+        let g = self.dims();
+        if g.len() != input_dims.len() || g.len() < 2 || g[..g.len() - 2] != input_dims[..g.len() - 2] {
+            return shape_err(
+                OP,
+                format!("upstream gradient {} does not match the input {}", self.shape, Shape::new(input_dims)),
+            );
+        }
+        let params = adaptive_bins(OP, input_dims, g[g.len() - 2], g[g.len() - 1])?;
+        Ok(Tensor::from_storage(self.storage.adaptive_avg_pool2d_backward(&params)?, Shape::new(input_dims)))
+    }
+
+    /// Checks that `self` has the dims of the pooling's output.
+    fn check_pool_grad_out(&self, op: &'static str, out: &[usize]) -> Result<()> {
+        if self.dims() != out {
+            return shape_err(
+                op,
+                format!("upstream gradient {} must be the pooling output's {}", self.shape, Shape::new(out)),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The checked bins of adaptive pooling of the last two of `dims` to `out_h`×`out_w`.
+fn adaptive_bins(op: &'static str, dims: &[usize], out_h: usize, out_w: usize) -> Result<AdaptivePool2dParams> {
+    let shape = Shape::new(dims);
+    if dims.len() < 2 {
+        return shape_err(op, format!("input {shape} needs two spatial dimensions"));
+    }
+    let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    if h == 0 || w == 0 || out_h == 0 || out_w == 0 {
+        return shape_err(op, format!("input {shape} to ({out_h}, {out_w}): no size may be 0"));
+    }
+    Ok(AdaptivePool2dParams { planes: dims[..dims.len() - 2].iter().product(), h, w, h_out: out_h, w_out: out_w })
 }
 
 #[cfg(test)]

@@ -21,10 +21,10 @@ use super::gemm::sgemm;
 use crate::device::contract::Conv2dParams;
 
 /// Most floats of unrolled columns held at once (8 MiB, a quarter of L3).
-const COLS_MAX: usize = 1 << 21;
+pub(super) const COLS_MAX: usize = 1 << 21;
 /// (image, group) steps with fewer multiply-adds than this always run in parallel with each
 /// other rather than parallelising inside one step.
-const SMALL_STEP: usize = 1 << 22;
+pub(super) const SMALL_STEP: usize = 1 << 22;
 
 thread_local! {
     /// The im2col buffer, reused across calls; taken out while in use so nested calls are safe.
@@ -77,7 +77,7 @@ fn conv_group(x: &[f32], w: &[f32], out: &mut [f32], p: &Conv2dParams, parallel:
     let mut cols = COLS.take();
     cols.resize(depth * band * p.w_out, 0.0);
     if band == p.h_out {
-        im2col(x, p, 0, band, &mut cols, parallel);
+        im2col(x, p, 0, band, &mut cols, band * p.w_out, parallel);
         sgemm(cog, p.h_out * p.w_out, depth, w, false, &cols, false, out, false);
     } else {
         // A band's outputs are a column block of `out`, which sgemm cannot address: go through
@@ -86,7 +86,7 @@ fn conv_group(x: &[f32], w: &[f32], out: &mut [f32], p: &Conv2dParams, parallel:
         for oy0 in (0..p.h_out).step_by(band) {
             let rows = band.min(p.h_out - oy0);
             let n = rows * p.w_out;
-            im2col(x, p, oy0, rows, &mut cols[..depth * n], parallel);
+            im2col(x, p, oy0, rows, &mut cols[..depth * n], n, parallel);
             sgemm(cog, n, depth, w, false, &cols[..depth * n], false, &mut tile[..cog * n], false);
             for (plane, t) in out.chunks_exact_mut(p.h_out * p.w_out).zip(tile.chunks_exact(n)) {
                 plane[oy0 * p.w_out..][..n].copy_from_slice(t);
@@ -96,12 +96,21 @@ fn conv_group(x: &[f32], w: &[f32], out: &mut [f32], p: &Conv2dParams, parallel:
     COLS.set(cols);
 }
 
-/// Unrolls output rows `oy0..oy0 + rows` of one group's input `x` (cig × h × w) into `cols`:
-/// row (ci, ky, kx), column (oy, ox) holds x[ci, oy·sh + ky·dh − ph, ox·sw + kx·dw − pw], or 0
-/// in the padding.
-fn im2col(x: &[f32], p: &Conv2dParams, oy0: usize, rows: usize, cols: &mut [f32], parallel: bool) {
+/// Unrolls output rows `oy0..oy0 + rows` of one group's input `x` (cig × h × w) into `cols`,
+/// whose rows start `pitch` floats apart: row (ci, ky, kx), column (oy, ox) holds
+/// x[ci, oy·sh + ky·dh − ph, ox·sw + kx·dw − pw], or 0 in the padding.
+pub(super) fn im2col(
+    x: &[f32],
+    p: &Conv2dParams,
+    oy0: usize,
+    rows: usize,
+    cols: &mut [f32],
+    pitch: usize,
+    parallel: bool,
+) {
     let n = rows * p.w_out;
     let fill = |(r, dst): (usize, &mut [f32])| {
+        let dst = &mut dst[..n];
         let (ci, ky, kx) = (r / (p.kh * p.kw), r / p.kw % p.kh, r % p.kw);
         let plane = &x[ci * p.h * p.w..][..p.h * p.w];
         let (sw, pw) = (p.stride.1, p.padding.1);
@@ -133,9 +142,9 @@ fn im2col(x: &[f32], p: &Conv2dParams, oy0: usize, rows: usize, cols: &mut [f32]
         }
     };
     if parallel {
-        cols.par_chunks_mut(n).enumerate().for_each(fill);
+        cols.par_chunks_mut(pitch).enumerate().for_each(fill);
     } else {
-        cols.chunks_mut(n).enumerate().for_each(fill);
+        cols.chunks_mut(pitch).enumerate().for_each(fill);
     }
 }
 

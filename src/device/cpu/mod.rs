@@ -5,6 +5,7 @@
 mod attention;
 mod attention_grad;
 pub mod conv;
+mod conv_grad;
 mod elementwise;
 mod elementwise_grad;
 mod embedding_grad;
@@ -383,6 +384,37 @@ impl BackendStorage for CpuStorage {
         let (z, labels, grad_rows) = (self.f32s(op)?, labels.u32s(op)?, grad_rows.f32s(op)?);
         let dz = loss::cross_entropy_backward(&z, labels, &grad_rows, classes, smoothing)?;
         Ok(CpuStorage::from_f32(dz, self.dtype()))
+    }
+
+    fn conv2d_input_grad(&self, weight: &Self, params: &Conv2dParams) -> Result<Self> {
+        let w = weight.f32s("conv2d_input_grad")?;
+        self.map_f32("conv2d_input_grad", |dy| conv_grad::input_grad(dy, &w, params))
+    }
+
+    fn conv2d_weight_grad(&self, input: &Self, params: &Conv2dParams) -> Result<Self> {
+        let x = input.f32s("conv2d_weight_grad")?;
+        self.map_f32("conv2d_weight_grad", |dy| conv_grad::weight_grad(dy, &x, params))
+    }
+
+    fn max_pool2d_backward(&self, input: &Self, p: &MaxPool2dParams) -> Result<Self> {
+        let x = input.f32s("max_pool2d_backward")?;
+        self.map_f32("max_pool2d_backward", |dy| pool::max_pool2d_backward(&x, dy, p))
+    }
+
+    fn avg_pool2d(&self, p: &AvgPool2dParams) -> Result<Self> {
+        self.map_f32("avg_pool2d", |x| pool::avg_pool2d(x, p))
+    }
+
+    fn avg_pool2d_backward(&self, p: &AvgPool2dParams) -> Result<Self> {
+        self.map_f32("avg_pool2d_backward", |dy| pool::avg_pool2d_backward(dy, p))
+    }
+
+    fn adaptive_avg_pool2d(&self, p: &AdaptivePool2dParams) -> Result<Self> {
+        self.map_f32("adaptive_avg_pool2d", |x| pool::adaptive_avg_pool2d(x, p))
+    }
+
+    fn adaptive_avg_pool2d_backward(&self, p: &AdaptivePool2dParams) -> Result<Self> {
+        self.map_f32("adaptive_avg_pool2d_backward", |dy| pool::adaptive_avg_pool2d_backward(dy, p))
     }
 }
 

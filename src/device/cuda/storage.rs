@@ -777,6 +777,85 @@ impl BackendStorage for CudaStorage {
         }
         Ok(dz)
     }
+
+    fn conv2d_input_grad(&self, weight: &Self, p: &Conv2dParams) -> Result<Self> {
+        let len = p.n * p.c_in * p.h * p.w;
+        let mut dx = self.output(len, self.dtype)?;
+        if len > 0 {
+            let name = format!("conv2d_input_grad_{}", self.float_kernel("conv2d_input_grad")?);
+            let args = Conv2dArgs::new(p, false)?;
+            let cfg = grid((p.n * p.h * p.w).div_ceil(64), (p.c_in / p.groups).div_ceil(64), p.groups, BLOCK)?;
+            launch!(&self.device, "conv_grad", name, cfg, &self.buf, &weight.buf, &mut dx.buf, &args);
+        }
+        Ok(dx)
+    }
+
+    fn conv2d_weight_grad(&self, input: &Self, p: &Conv2dParams) -> Result<Self> {
+        let depth = p.c_in / p.groups * p.kh * p.kw;
+        let len = p.c_out * depth;
+        let mut dw = self.output(len, self.dtype)?;
+        if len == 0 {
+            return Ok(dw);
+        }
+        let suffix = self.float_kernel("conv2d_weight_grad")?;
+        let args = Conv2dArgs::new(p, false)?;
+        // The reduction over k = n·h_out·w_out is split so that about two blocks an SM run when the
+        // 64×64 tiles alone are too few, each split at least 1024 long; the splits' f32 partial sums
+        // are then added in a fixed order.
+        let k = p.n * p.h_out * p.w_out;
+        let tiles = depth.div_ceil(64) * (p.c_out / p.groups).div_ceil(64) * p.groups;
+        let want = (2 * self.device.sm_count() as usize).div_ceil(tiles);
+        let splits = want.min(k / 1024).min(65535 / p.groups).max(1);
+        let k_split = k.div_ceil(splits).next_multiple_of(16).max(16);
+        let splits = k.div_ceil(k_split).max(1);
+        let cfg = grid(depth.div_ceil(64), (p.c_out / p.groups).div_ceil(64), p.groups * splits, BLOCK)?;
+        let (s32, ks32) = (splits as u32, u32_of("conv2d_weight_grad split", k_split)?);
+        let name = format!("conv2d_weight_grad_{suffix}");
+        if splits == 1 {
+            // One split writes dW itself and never touches the partial sums; dY stands in for them.
+            let (dev, dy) = (&self.device, &self.buf);
+            launch!(dev, "conv_grad", name, cfg, dy, &input.buf, dy, &mut dw.buf, &args, &s32, &ks32);
+            return Ok(dw);
+        }
+        let mut partial = CudaStorage::alloc(&self.device, splits * len, DType::F32)?;
+        let dev = &self.device;
+        launch!(dev, "conv_grad", name, cfg, &self.buf, &input.buf, &mut partial.buf, &dw.buf, &args, &s32, &ks32);
+        let name = format!("conv2d_weight_grad_reduce_{suffix}");
+        let len32 = len as u32;
+        launch!(dev, "conv_grad", name, dev.grid_stride(len), &partial.buf, &mut dw.buf, &len32, &s32);
+        Ok(dw)
+    }
+
+    fn max_pool2d_backward(&self, input: &Self, p: &MaxPool2dParams) -> Result<Self> {
+        let len = p.planes * p.h * p.w;
+        let mut dx = self.output(len, self.dtype)?;
+        if len > 0 {
+            let name = format!("max_pool2d_backward_{}", self.float_kernel("max_pool2d_backward")?);
+            let u = |v| u32_of("max_pool2d size", v);
+            let (pl, h, w, ho, wo) = (u(p.planes)?, u(p.h)?, u(p.w)?, u(p.h_out)?, u(p.w_out)?);
+            let (k, s, pad) = (u(p.kernel)?, u(p.stride)?, u(p.padding)?);
+            let (dev, cfg) = (&self.device, self.device.grid_stride(len));
+            launch!(dev, "pool", name, cfg, &input.buf, &self.buf, &mut dx.buf, &pl, &h, &w, &k, &s, &pad, &ho, &wo);
+        }
+        Ok(dx)
+    }
+
+    fn avg_pool2d(&self, p: &AvgPool2dParams) -> Result<Self> {
+        self.window_pool("avg_pool2d", p, p.planes * p.h_out * p.w_out)
+    }
+
+    fn avg_pool2d_backward(&self, p: &AvgPool2dParams) -> Result<Self> {
+        self.window_pool("avg_pool2d_backward", p, p.planes * p.h * p.w)
+    }
+
+    fn adaptive_avg_pool2d(&self, p: &AdaptivePool2dParams) -> Result<Self> {
+        self.adaptive_pool("adaptive_avg_pool2d", p, p.planes * p.h_out * p.w_out)
+    }
+
+    fn adaptive_avg_pool2d_backward(&self, p: &AdaptivePool2dParams) -> Result<Self> {
+        self.adaptive_pool("adaptive_avg_pool2d_backward", p, p.planes * p.h * p.w)
+    }
+
 }
 
 impl CudaStorage {
@@ -826,5 +905,46 @@ impl CudaStorage {
         let want = (self.device.sm_count() as usize * 8).div_ceil(s.c.max(1)).clamp(1, m.div_ceil(4096).max(1));
         let chunk = m.div_ceil(want).next_multiple_of(8);
         (m.div_ceil(chunk), chunk)
+    }
+}
+
+impl CudaStorage {
+    /// Launches the one-input pooling kernel `op` of kernels/pool.cu over square windows,
+    /// producing `len` elements.
+    fn window_pool(&self, op: &'static str, p: &MaxPool2dParams, len: usize) -> Result<Self> {
+        let mut out = self.output(len, self.dtype)?;
+        if len > 0 {
+            let name = format!("{op}_{}", self.float_kernel(op)?);
+            let u = |v| u32_of("pooling size", v);
+            let (pl, h, w, ho, wo) = (u(p.planes)?, u(p.h)?, u(p.w)?, u(p.h_out)?, u(p.w_out)?);
+            let (k, s, pad) = (u(p.kernel)?, u(p.stride)?, u(p.padding)?);
+            let cfg = self.device.grid_stride(len);
+            launch!(&self.device, "pool", name, cfg, &self.buf, &mut out.buf, &pl, &h, &w, &k, &s, &pad, &ho, &wo);
+        }
+        Ok(out)
+    }
+
+    /// Launches the adaptive pooling kernel `op` of kernels/pool.cu, producing `len` elements.
+    fn adaptive_pool(&self, op: &'static str, p: &AdaptivePool2dParams, len: usize) -> Result<Self> {
+        let mut out = self.output(len, self.dtype)?;
+        if len > 0 {
+            let name = format!("{op}_{}", self.float_kernel(op)?);
+            let u = |v| u32_of("pooling size", v);
+            let (pl, h, w, ho, wo) = (u(p.planes)?, u(p.h)?, u(p.w)?, u(p.h_out)?, u(p.w_out)?);
+            launch!(
+                &self.device,
+                "pool",
+                name,
+                self.device.grid_stride(len),
+                &self.buf,
+                &mut out.buf,
+                &pl,
+                &h,
+                &w,
+                &ho,
+                &wo
+            );
+        }
+        Ok(out)
     }
 }
