@@ -193,7 +193,7 @@ pub(super) fn conv2d_params(op: &'static str, x: &[usize], w: &[usize], opt: Con
         return shape_err(op, format!("input {xs} and weight {ws} must both be 4-D"));
     }
     let g = opt.groups;
-    if g == 0 || x[1] % g != 0 || w[0] % g != 0 || w[1] * g != x[1] {
+    if g == 0 || !x[1].is_multiple_of(g) || !w[0].is_multiple_of(g) || w[1] * g != x[1] {
         return shape_err(op, format!("input {xs} and weight {ws} do not match with {g} groups"));
     }
     if opt.stride.0 == 0 || opt.stride.1 == 0 || opt.dilation.0 == 0 || opt.dilation.1 == 0 {

@@ -26,6 +26,10 @@ thread_local! {
     static PACK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
+/// GEMM columns past which joining more images gains little (packing and C traffic no longer
+/// dominate the multiply-adds).
+const WIDE_ENOUGH: usize = 512;
+
 /// Output rows `oy0..oy0 + rows` of image `img`: a run of the gradients' GEMM columns.
 #[derive(Clone, Copy)]
 struct Segment {
@@ -35,9 +39,15 @@ struct Segment {
 }
 
 /// The output pixels cut into chunks whose unrolled columns (`depth` floats each) fit COLS_MAX:
-/// equal runs of whole images when one image fits, else bands of one image's rows.
+/// equal runs of whole images when one image fits, else bands of one image's rows. A 1×1,
+/// stride-1, unpadded conv joins images only until the GEMM is WIDE_ENOUGH: one image alone
+/// needs no copies.
 fn chunks(p: &Conv2dParams, depth: usize) -> Vec<Vec<Segment>> {
-    let per_image = COLS_MAX / (depth * p.h_out * p.w_out).max(1);
+    let hw_out = p.h_out * p.w_out;
+    let mut per_image = COLS_MAX / (depth * hw_out).max(1);
+    if one_by_one(p) {
+        per_image = per_image.min(WIDE_ENOUGH.div_ceil(hw_out.max(1)));
+    }
     if per_image >= 1 {
         let size = p.n.div_ceil(p.n.div_ceil(per_image).max(1)).max(1);
         let whole = |img| Segment { img, oy0: 0, rows: p.h_out };
