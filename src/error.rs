@@ -23,6 +23,10 @@ pub enum Error {
     /// file and what is wrong with it (the tensor, the key, the byte offset).
     #[error("{file}: {detail}")]
     File { file: String, detail: String },
+    /// A gradient foil cannot compute, or a training run that cannot go on
+    /// (a non-finite loss).
+    #[error("{0}")]
+    Training(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -1,5 +1,6 @@
 //! Activations, scaling, clamping, GEGLU, and binary arithmetic with NumPy broadcasting.
 
+use super::graph::Op;
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, BinaryOp, BroadcastLayout, UnaryOp, MAX_DIMS};
 use crate::error::{shape_err, Error, Result};
@@ -54,7 +55,8 @@ pub(crate) fn broadcast_layout(op: &'static str, a: &Shape, b: &Shape) -> Result
 impl Tensor {
     fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         self.check_float("activation")?;
-        Ok(Tensor::from_storage(self.storage.unary(op)?, self.shape.clone()))
+        let out = Tensor::from_storage(self.storage.unary(op)?, self.shape.clone());
+        Ok(out.recorded(&[self], |_| Op::Unary { x: self.clone(), op }))
     }
 
     pub fn silu(&self) -> Result<Tensor> {
@@ -81,7 +83,8 @@ impl Tensor {
 
     pub fn scale(&self, factor: f32) -> Result<Tensor> {
         self.check_float("scale")?;
-        Ok(Tensor::from_storage(self.storage.scale(factor)?, self.shape.clone()))
+        let out = Tensor::from_storage(self.storage.scale(factor)?, self.shape.clone());
+        Ok(out.recorded(&[self], |_| Op::Scale { x: self.clone(), factor }))
     }
 
     /// x·a + b elementwise (b broadcast as a one-element tensor of x's dtype).
@@ -96,7 +99,8 @@ impl Tensor {
         if lo.is_nan() || hi.is_nan() {
             return Err(Error::Usage(format!("clamp: bounds must be numbers, got [{lo}, {hi}]")));
         }
-        Ok(Tensor::from_storage(self.storage.clamp(lo, hi)?, self.shape.clone()))
+        let out = Tensor::from_storage(self.storage.clamp(lo, hi)?, self.shape.clone());
+        Ok(out.recorded(&[self], |_| Op::Clamp { x: self.clone(), lo, hi }))
     }
 
     /// GEGLU of (..., 2·d) into (..., d): h · gelu(g) with [h, g] the two halves of the last
@@ -111,14 +115,16 @@ impl Tensor {
         }
         let (rows, d) = (lead.iter().product(), last / 2);
         let dims = [lead, &[d]].concat();
-        Ok(Tensor::from_storage(self.storage.geglu(rows, d)?, Shape::new(dims)))
+        let out = Tensor::from_storage(self.storage.geglu(rows, d)?, Shape::new(dims));
+        Ok(out.recorded(&[self], |_| Op::Geglu { x: self.clone() }))
     }
 
     fn binary(&self, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
         self.check_float("binary")?;
         self.check_same("binary", &[rhs])?;
         let (shape, layout) = broadcast_layout("binary", &self.shape, &rhs.shape)?;
-        Ok(Tensor::from_storage(self.storage.binary(op, &rhs.storage, &layout)?, shape))
+        let out = Tensor::from_storage(self.storage.binary(op, &rhs.storage, &layout)?, shape);
+        Ok(out.recorded(&[self, rhs], |_| Op::Binary { lhs: self.clone(), rhs: rhs.clone(), op }))
     }
 
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {

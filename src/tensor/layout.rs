@@ -1,6 +1,7 @@
 //! Layout ops: permute and transpose (a strided gather), concatenation, split
 //! and narrow (rectangular copies).
 
+use super::graph::Op;
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, Copy2d, MAX_DIMS};
 use crate::error::{shape_err, Result};
@@ -38,7 +39,48 @@ impl Tensor {
         if cd.len() > MAX_DIMS {
             return shape_err("permute", format!("{perm:?} of {} needs more than {MAX_DIMS} dimensions", self.shape));
         }
-        Ok(Tensor::from_storage(self.storage.copy_strided(&cd, &cs)?, Shape::new(out)))
+        let out = Tensor::from_storage(self.storage.copy_strided(&cd, &cs)?, Shape::new(out));
+        Ok(out.recorded(&[self], |_| Op::Permute { x: self.clone(), perm: perm.to_vec() }))
+    }
+
+    /// The tensor repeated along its size-1 dimensions (and new leading ones) to
+    /// `dims`, as NumPy's broadcast_to, made contiguous.
+    pub fn broadcast_to(&self, dims: &[usize]) -> Result<Tensor> {
+        let (rank, own) = (dims.len(), self.dims());
+        if own.len() > rank || own.iter().rev().zip(dims.iter().rev()).any(|(&a, &b)| a != b && a != 1) {
+            return shape_err("broadcast_to", format!("{} does not broadcast to {dims:?}", self.shape));
+        }
+        if own == dims {
+            return Ok(self.clone());
+        }
+        let lead = rank - own.len();
+        let strides = self.shape.strides();
+        let (mut cd, mut cs): (Vec<usize>, Vec<usize>) = (vec![], vec![]);
+        for (d, &n) in dims.iter().enumerate() {
+            let s = if d < lead || own[d - lead] == 1 { 0 } else { strides[d - lead] };
+            match (cd.last_mut(), cs.last_mut()) {
+                (Some(pd), Some(ps)) if *ps == s * n => {
+                    *pd *= n;
+                    *ps = s;
+                }
+                _ if n == 1 => {}
+                _ => {
+                    cd.push(n);
+                    cs.push(s);
+                }
+            }
+        }
+        if cd.is_empty() {
+            return self.reshape(dims);
+        }
+        if cd.len() > MAX_DIMS {
+            return shape_err(
+                "broadcast_to",
+                format!("{} to {dims:?} needs more than {MAX_DIMS} dimensions", self.shape),
+            );
+        }
+        let out = Tensor::from_storage(self.storage.copy_strided(&cd, &cs)?, Shape::new(dims));
+        Ok(out.recorded(&[self], |_| Op::BroadcastTo { x: self.clone() }))
     }
 
     /// Swaps two dimensions.
@@ -86,7 +128,8 @@ impl Tensor {
             p.storage.copy2d_into(&mut out, copy)?;
             offset += cols;
         }
-        Ok(Tensor::from_storage(out, Shape::new(dims)))
+        let out = Tensor::from_storage(out, Shape::new(dims));
+        Ok(out.recorded(parts, |_| Op::Cat { parts: parts.iter().map(|&p| p.clone()).collect(), axis }))
     }
 
     /// `len` entries of `axis` from `start`, as a new contiguous tensor.
@@ -107,7 +150,8 @@ impl Tensor {
             dst_offset: 0,
         };
         self.storage.copy2d_into(&mut out, copy)?;
-        Ok(Tensor::from_storage(out, Shape::new(dims)))
+        let out = Tensor::from_storage(out, Shape::new(dims));
+        Ok(out.recorded(&[self], |_| Op::Narrow { x: self.clone(), axis, start }))
     }
 
     /// Consecutive pieces of `axis` with the given sizes, which must add up to it.

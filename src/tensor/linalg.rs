@@ -1,5 +1,6 @@
 //! Matrix multiplication.
 
+use super::graph::Op;
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, MatmulShape};
 use crate::error::{shape_err, Result};
@@ -51,6 +52,7 @@ impl Tensor {
             b_batch_stride: if nb == 1 { 0 } else { k * n },
         };
         let out = Shape::new([batch_dims, &[m, n]].concat());
-        Ok(Tensor::from_storage(self.storage.matmul(&rhs.storage, &shape)?, out))
+        let out = Tensor::from_storage(self.storage.matmul(&rhs.storage, &shape)?, out);
+        Ok(out.recorded(&[self, rhs], |_| Op::Matmul { a: self.clone(), b: rhs.clone(), trans_a, trans_b }))
     }
 }

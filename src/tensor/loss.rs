@@ -1,5 +1,6 @@
 //! The softmax backward, and cross-entropy with label smoothing and its backward.
 
+use super::graph::Op;
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, DType};
 use crate::error::{shape_err, Error, Result};
@@ -45,7 +46,8 @@ impl Tensor {
     pub fn cross_entropy(&self, labels: &Tensor, smoothing: f32) -> Result<Tensor> {
         let (rows, classes) = self.cross_entropy_shape("cross_entropy", labels, smoothing)?;
         let loss = self.storage.cross_entropy(&labels.storage, rows, classes, smoothing)?;
-        Ok(Tensor::from_storage(loss, Shape::new([rows])))
+        let loss = Tensor::from_storage(loss, Shape::new([rows]));
+        Ok(loss.recorded(&[self], |_| Op::CrossEntropy { logits: self.clone(), labels: labels.detach(), smoothing }))
     }
 
     /// dlogits of `cross_entropy` for the f32 upstream gradient of each row's loss `grad_rows`

@@ -8,6 +8,7 @@ mod attention_grad;
 mod conv_grad;
 mod elementwise;
 mod elementwise_grad;
+pub mod graph;
 pub mod image;
 mod layout;
 mod linalg;
@@ -37,6 +38,8 @@ use crate::error::{shape_err, Error, Result};
 pub struct Tensor {
     storage: Arc<Storage>,
     shape: Shape,
+    /// How autograd reaches this tensor: None unless it is tracked (see graph.rs).
+    node: Option<Arc<graph::Node>>,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -47,7 +50,7 @@ impl std::fmt::Debug for Tensor {
 
 impl Tensor {
     fn from_storage(storage: Storage, shape: Shape) -> Tensor {
-        Tensor { storage: Arc::new(storage), shape }
+        Tensor { storage: Arc::new(storage), shape, node: None }
     }
 
     /// A tensor of the given host data; its dtype is the data's.
@@ -154,7 +157,8 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        Ok(Tensor::from_storage(self.storage.to_dtype(dtype)?, self.shape.clone()))
+        let out = Tensor::from_storage(self.storage.to_dtype(dtype)?, self.shape.clone());
+        Ok(out.recorded(&[self], |_| graph::Op::ToDtype { x: self.clone() }))
     }
 
     /// The same values under another shape of as many elements; shares storage.
@@ -173,7 +177,8 @@ impl Tensor {
         if shape.numel() != self.numel() {
             return shape_err("reshape", format!("{} to {shape}: element counts differ", self.shape));
         }
-        Ok(Tensor { storage: self.storage.clone(), shape })
+        let out = Tensor { storage: self.storage.clone(), shape, node: None };
+        Ok(out.recorded(&[self], |_| graph::Op::Reshape { x: self.clone() }))
     }
 
     /// Checks that every tensor shares `self`'s device and dtype.

@@ -1,6 +1,7 @@
 //! The neural-network ops: normalisations, convolution, attention, nearest
 //! upsampling and embedding lookup.
 
+use super::graph::Op;
 use super::{Shape, Tensor};
 use crate::device::{AttentionParams, BackendStorage, Conv2dParams, DType, GroupNormShape};
 use crate::error::{shape_err, Result};
@@ -34,7 +35,13 @@ impl Tensor {
         }
         let rows = self.numel() / cols.max(1);
         let out = self.storage.layer_norm(&weight.storage, &bias.storage, rows, cols, eps)?;
-        Ok(Tensor::from_storage(out, self.shape.clone()))
+        let out = Tensor::from_storage(out, self.shape.clone());
+        Ok(out.recorded(&[self, weight, bias], |_| Op::LayerNorm {
+            x: self.clone(),
+            weight: weight.clone(),
+            bias: bias.clone(),
+            eps,
+        }))
     }
 
     /// Group norm of (n, c, ...) with per-channel weight and bias, as PyTorch's GroupNorm.
@@ -54,7 +61,14 @@ impl Tensor {
         }
         let shape = GroupNormShape { n, c, spatial: d[2..].iter().product(), groups, eps };
         let out = self.storage.group_norm(&weight.storage, &bias.storage, shape)?;
-        Ok(Tensor::from_storage(out, self.shape.clone()))
+        let out = Tensor::from_storage(out, self.shape.clone());
+        Ok(out.recorded(&[self, weight, bias], |_| Op::GroupNorm {
+            x: self.clone(),
+            weight: weight.clone(),
+            bias: bias.clone(),
+            groups,
+            eps,
+        }))
     }
 
     /// 2-D convolution of (n, c_in, h, w) by (c_out, c_in / groups, kh, kw), plus
@@ -70,7 +84,14 @@ impl Tensor {
             }
         }
         let out = self.storage.conv2d(&weight.storage, bias.map(|b| b.storage.as_ref()), &p)?;
-        Ok(Tensor::from_storage(out, Shape::new([p.n, p.c_out, p.h_out, p.w_out])))
+        let out = Tensor::from_storage(out, Shape::new([p.n, p.c_out, p.h_out, p.w_out]));
+        let inputs = [Some(self), Some(weight), bias].into_iter().flatten().collect::<Vec<_>>();
+        Ok(out.recorded(&inputs, |_| Op::Conv2d {
+            x: self.clone(),
+            weight: weight.clone(),
+            bias: bias.cloned(),
+            options: opt,
+        }))
     }
 
     /// Nearest-neighbour ×2 upsampling of the last two dimensions.
@@ -84,7 +105,8 @@ impl Tensor {
         let mut out = d.to_vec();
         out[d.len() - 2] *= 2;
         out[d.len() - 1] *= 2;
-        Ok(Tensor::from_storage(self.storage.upsample_nearest2x(planes, h, w)?, Shape::new(out)))
+        let out = Tensor::from_storage(self.storage.upsample_nearest2x(planes, h, w)?, Shape::new(out));
+        Ok(out.recorded(&[self], |_| Op::UpsampleNearest2x { x: self.clone() }))
     }
 
     /// Rows of the (vocab, dim) table `self` picked by the u32 `ids`: shape ids.dims + (dim,).
@@ -97,7 +119,8 @@ impl Tensor {
         }
         let dim = self.dims()[1];
         let out = Shape::new([ids.dims(), &[dim]].concat());
-        Ok(Tensor::from_storage(self.storage.embedding(&ids.storage, dim)?, out))
+        let out = Tensor::from_storage(self.storage.embedding(&ids.storage, dim)?, out);
+        Ok(out.recorded(&[self], |_| Op::Embedding { table: self.clone(), ids: ids.detach() }))
     }
 
     /// softmax(q·kᵀ·scale + mask)·v for q (batch, heads, q_len, d) and k, v
@@ -115,7 +138,15 @@ impl Tensor {
     ) -> Result<Tensor> {
         let (params, mask) = self.attention_params("attention", k, v, mask, causal, scale)?;
         let out = self.storage.attention(&k.storage, &v.storage, mask.as_ref().map(|m| m.storage.as_ref()), &params)?;
-        Ok(Tensor::from_storage(out, self.shape.clone()))
+        let out = Tensor::from_storage(out, self.shape.clone());
+        Ok(out.recorded(&[self, k, v], |_| Op::Attention {
+            q: self.clone(),
+            k: k.clone(),
+            v: v.clone(),
+            mask: mask.as_ref().map(Tensor::detach),
+            causal,
+            scale: params.scale,
+        }))
     }
 
     /// The checks of attention with q = `self` (also of its backward, as `op`): the backend

@@ -1,6 +1,7 @@
 //! Backward passes of layer, group and batch norm, and batch norm's training-mode forward.
 //! Each backward returns (dx, dweight, dbias) in the input's dtype.
 
+use super::graph::Op;
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, BatchNormShape, DType, GroupNormShape, Storage};
 use crate::error::{shape_err, Error, Result};
@@ -134,11 +135,17 @@ impl Tensor {
             return shape_err(op, format!("weight {} and bias {} must be ({},)", weight.shape, bias.shape, shape.c));
         }
         let (out, mean, var) = self.storage.batch_norm_train(&weight.storage, &bias.storage, shape)?;
-        Ok(BatchNormTrain {
-            out: Tensor::from_storage(out, self.shape.clone()),
-            mean: Tensor::from_storage(mean, Shape::new([shape.c])),
-            var: Tensor::from_storage(var, Shape::new([shape.c])),
-        })
+        let (mean, var) =
+            (Tensor::from_storage(mean, Shape::new([shape.c])), Tensor::from_storage(var, Shape::new([shape.c])));
+        let out = Tensor::from_storage(out, self.shape.clone()).recorded(&[self, weight, bias], |_| Op::BatchNorm {
+            x: self.clone(),
+            weight: weight.clone(),
+            bias: bias.clone(),
+            mean: mean.clone(),
+            var: var.clone(),
+            eps,
+        });
+        Ok(BatchNormTrain { out, mean, var })
     }
 
     /// (dx, dweight, dbias) of `batch_norm_train` (x = `self`) through the batch statistics, for the

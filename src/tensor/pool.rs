@@ -1,6 +1,7 @@
 //! Pooling over the last two dimensions, and the gradients of each pooling (the backward ops
 //! autograd calls).
 
+use super::graph::Op;
 use super::{Shape, Tensor};
 use crate::device::{AdaptivePool2dParams, BackendStorage, MaxPool2dParams};
 use crate::error::{shape_err, Result};
@@ -48,7 +49,8 @@ impl Tensor {
     pub fn max_pool2d(&self, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
         self.check_float("max_pool2d")?;
         let (params, out) = pool_windows("max_pool2d", self.dims(), kernel, stride, padding)?;
-        Ok(Tensor::from_storage(self.storage.max_pool2d(&params)?, Shape::new(out)))
+        let out = Tensor::from_storage(self.storage.max_pool2d(&params)?, Shape::new(out));
+        Ok(out.recorded(&[self], |_| Op::MaxPool2d { x: self.clone(), kernel, stride, padding }))
     }
 
     /// dL/dx of `input.max_pool2d(kernel, stride, padding)` from the upstream gradient `self`:
@@ -71,7 +73,8 @@ impl Tensor {
     pub fn avg_pool2d(&self, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
         self.check_float("avg_pool2d")?;
         let (params, out) = pool_windows("avg_pool2d", self.dims(), kernel, stride, padding)?;
-        Ok(Tensor::from_storage(self.storage.avg_pool2d(&params)?, Shape::new(out)))
+        let out = Tensor::from_storage(self.storage.avg_pool2d(&params)?, Shape::new(out));
+        Ok(out.recorded(&[self], |_| Op::AvgPool2d { x: self.clone(), kernel, stride, padding }))
     }
 
     /// dL/dx, of `input_dims`, of `x.avg_pool2d(kernel, stride, padding)` from the upstream
@@ -98,7 +101,8 @@ impl Tensor {
         let params = adaptive_bins("adaptive_avg_pool2d", self.dims(), out_h, out_w)?;
         let mut out = self.dims().to_vec();
         out.splice(out.len() - 2.., [out_h, out_w]);
-        Ok(Tensor::from_storage(self.storage.adaptive_avg_pool2d(&params)?, Shape::new(out)))
+        let out = Tensor::from_storage(self.storage.adaptive_avg_pool2d(&params)?, Shape::new(out));
+        Ok(out.recorded(&[self], |_| Op::AdaptiveAvgPool2d { x: self.clone() }))
     }
 
     /// dL/dx, of `input_dims`, of `x.adaptive_avg_pool2d(out_h, out_w)` from the upstream

@@ -1,5 +1,6 @@
 //! Reductions over one axis, softmax and log-softmax.
 
+use super::graph::Op;
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, ReduceOp, ReduceShape};
 use crate::error::{shape_err, Result};
@@ -19,7 +20,13 @@ impl Tensor {
             dims.remove(a);
         }
         let storage = self.storage.reduce(op, ReduceShape { outer, len, inner })?;
-        Ok(Tensor::from_storage(storage, Shape::new(dims)))
+        let out = Tensor::from_storage(storage, Shape::new(dims));
+        Ok(match op {
+            ReduceOp::Sum => out.recorded(&[self], |_| Op::Sum { x: self.clone(), axis: a }),
+            ReduceOp::Mean => out.recorded(&[self], |_| Op::Mean { x: self.clone(), axis: a }),
+            ReduceOp::Max => out.recorded(&[self], |_| Op::NotDifferentiable { op: "max", x: self.clone() }),
+            ReduceOp::ArgMax => out,
+        })
     }
 
     pub fn sum(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
@@ -48,7 +55,8 @@ impl Tensor {
         }
         let cols = self.dims()[last];
         let rows = self.numel() / cols.max(1);
-        Ok(Tensor::from_storage(self.storage.softmax(rows, cols, log)?, self.shape.clone()))
+        let out = Tensor::from_storage(self.storage.softmax(rows, cols, log)?, self.shape.clone());
+        Ok(out.recorded(&[self], |y| Op::Softmax { out: y.clone(), log }))
     }
 
     pub fn softmax(&self, axis: isize) -> Result<Tensor> {

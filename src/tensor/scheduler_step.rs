@@ -45,7 +45,12 @@ impl Tensor {
             step,
         )?;
         let x0 = x0.map(|s| Tensor::from_storage(s, self.shape.clone()));
-        Ok((Tensor::from_storage(out, self.shape.clone()), x0))
+        let out = Tensor::from_storage(out, self.shape.clone());
+        let out = out.recorded(&[self, model_out], |_| super::graph::Op::NotDifferentiable {
+            op: "scheduler_step",
+            x: self.clone(),
+        });
+        Ok((out, x0))
     }
 }
 

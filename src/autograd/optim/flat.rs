@@ -214,7 +214,7 @@ fn non_finite(op: &'static str, grads: &[Tensor], norm: f32) -> Error {
         Some(i) => format!("gradient {i} (shape {}) holds NaN or infinity", grads[i].shape()),
         None => "the squares of the gradients overflow f32".to_string(),
     };
-    Error::Usage(format!("{op}: the gradient norm is {norm}: {which}; the parameters and the state are unchanged"))
+    Error::Training(format!("{op}: the gradient norm is {norm}: {which}; the parameters and the state are unchanged"))
 }
 
 #[cfg(test)]
