@@ -2,17 +2,19 @@
 //! loaded from a state dict saved as safetensors under torchvision's names
 //! (conv1, bn1, layer1..4.N.{conv1, bn1, ...}, fc). The architecture fixes the
 //! block type and counts; every width and the class count come from the
-//! weights' shapes, so narrow variants load too. BatchNorm runs in eval mode,
-//! folded into the convolution before it.
+//! weights' shapes, so narrow variants load too. For inference BatchNorm is
+//! folded into the convolution before it; for training it stays a layer of its
+//! own (batch statistics in training mode, running statistics in eval mode).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
 use crate::device::{DType, Device};
 use crate::error::{shape_err, Error, Result};
-use crate::nn::{BatchNorm2d, Conv2d, Linear, Weights};
-use crate::tensor::Tensor;
+use crate::nn::{BatchNorm2d, Conv2d, Linear, Mode, RunningStats, TrainableBatchNorm2d, Weights};
+use crate::tensor::{Rng, Tensor};
 
 /// BatchNorm2d's default epsilon, which torchvision's ResNets use.
 const BN_EPS: f32 = 1e-5;
@@ -72,36 +74,70 @@ impl fmt::Display for ResNetArch {
     }
 }
 
-/// conv `conv` (no bias, square `kernel`, `in_ch` inputs, any output count)
-/// with BatchNorm `bn` folded in.
-fn conv_bn(w: &Weights, conv: &str, bn: &str, in_ch: usize, kernel: usize, stride: usize) -> Result<Conv2d> {
-    let wc = w.pp(conv);
-    let out_ch = wc.shape("weight")?.first().copied().unwrap_or(0);
-    let conv = Conv2d::load_checked(&wc, in_ch, out_ch, kernel, stride, kernel / 2, false)?;
-    conv.fold_batch_norm(&BatchNorm2d::load(&w.pp(bn), out_ch, BN_EPS)?)
+/// A convolution (no bias, square kernel) and the BatchNorm after it.
+enum ConvBn {
+    /// BatchNorm folded in, for inference.
+    Folded(Conv2d),
+    /// BatchNorm kept, for training.
+    Separate(Conv2d, TrainableBatchNorm2d),
+}
+
+impl ConvBn {
+    /// conv `conv` with `in_ch` inputs, any output count, and BatchNorm `bn`.
+    fn load(
+        w: &Weights,
+        conv: &str,
+        bn: &str,
+        in_ch: usize,
+        kernel: usize,
+        stride: usize,
+        fold: bool,
+    ) -> Result<ConvBn> {
+        let wc = w.pp(conv);
+        let out_ch = wc.shape("weight")?.first().copied().unwrap_or(0);
+        let conv = Conv2d::load_checked(&wc, in_ch, out_ch, kernel, stride, kernel / 2, false)?;
+        Ok(if fold {
+            ConvBn::Folded(conv.fold_batch_norm(&BatchNorm2d::load(&w.pp(bn), out_ch, BN_EPS)?)?)
+        } else {
+            ConvBn::Separate(conv, TrainableBatchNorm2d::load(&w.pp(bn), out_ch, BN_EPS)?)
+        })
+    }
+
+    fn out_channels(&self) -> usize {
+        match self {
+            ConvBn::Folded(c) | ConvBn::Separate(c, _) => c.out_channels(),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode, stats: &mut RunningStats) -> Result<Tensor> {
+        match self {
+            ConvBn::Folded(c) => c.forward(x),
+            ConvBn::Separate(c, bn) => bn.forward(&c.forward(x)?, mode, stats),
+        }
+    }
 }
 
 /// A residual block: its convolutions (each but the last followed by ReLU) plus
 /// the shortcut, then ReLU.
 struct Block {
-    convs: Vec<Conv2d>,
+    convs: Vec<ConvBn>,
     /// The 1×1 projection when the block changes the width or the resolution.
-    downsample: Option<Conv2d>,
+    downsample: Option<ConvBn>,
 }
 
 impl Block {
-    fn load(w: &Weights, bottleneck: bool, in_ch: usize, stride: usize) -> Result<Block> {
+    fn load(w: &Weights, bottleneck: bool, in_ch: usize, stride: usize, fold: bool) -> Result<Block> {
         let mut convs = Vec::with_capacity(3);
         let mut ch = in_ch;
         let layout: &[(usize, usize)] =
             if bottleneck { &[(1, 1), (3, stride), (1, 1)] } else { &[(3, stride), (3, 1)] };
         for (i, &(kernel, s)) in layout.iter().enumerate() {
-            let conv = conv_bn(w, &format!("conv{}", i + 1), &format!("bn{}", i + 1), ch, kernel, s)?;
+            let conv = ConvBn::load(w, &format!("conv{}", i + 1), &format!("bn{}", i + 1), ch, kernel, s, fold)?;
             ch = conv.out_channels();
             convs.push(conv);
         }
         let downsample = if stride != 1 || ch != in_ch {
-            Some(conv_bn(w, "downsample.0", "downsample.1", in_ch, 1, stride)?)
+            Some(ConvBn::load(w, "downsample.0", "downsample.1", in_ch, 1, stride, fold)?)
         } else {
             None
         };
@@ -109,19 +145,19 @@ impl Block {
     }
 
     fn out_channels(&self) -> usize {
-        self.convs.last().map_or(0, Conv2d::out_channels)
+        self.convs.last().map_or(0, ConvBn::out_channels)
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode, stats: &mut RunningStats) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, conv) in self.convs.iter().enumerate() {
-            h = conv.forward(&h)?;
+            h = conv.forward(&h, mode, stats)?;
             if i + 1 < self.convs.len() {
                 h = h.relu()?;
             }
         }
         let shortcut = match &self.downsample {
-            Some(d) => d.forward(x)?,
+            Some(d) => d.forward(x, mode, stats)?,
             None => x.clone(),
         };
         h.add(&shortcut)?.relu()
@@ -130,25 +166,36 @@ impl Block {
 
 pub struct ResNet {
     arch: ResNetArch,
-    /// conv1 with bn1 folded in.
-    stem: Conv2d,
+    /// conv1 and bn1.
+    stem: ConvBn,
     blocks: Vec<Block>,
     fc: Linear,
 }
 
 impl ResNet {
     /// The torchvision state dict in `file` as `arch`, converted to `dtype` on
-    /// `device`. Every tensor of the file must be used: a checkpoint of another
-    /// architecture fails with the first tensor that does not fit.
+    /// `device`, for inference (BatchNorm folded). Every tensor of the file must
+    /// be used: a checkpoint of another architecture fails with the first tensor
+    /// that does not fit.
     pub fn load(file: &Path, arch: ResNetArch, dtype: DType, device: &Device) -> Result<ResNet> {
-        let w = Weights::open(&[file.to_path_buf()], dtype, device)?;
-        let stem = conv_bn(&w, "conv1", "bn1", 3, 7, 2)?;
+        ResNet::from_weights(&Weights::open(&[file.to_path_buf()], dtype, device)?, arch, true)
+    }
+
+    /// `arch` from torchvision-named weights with BatchNorm kept as a layer, for
+    /// training: tracked weights give a differentiable model; see [`ResNet::forward_train`].
+    pub fn for_training(w: &Weights, arch: ResNetArch) -> Result<ResNet> {
+        ResNet::from_weights(w, arch, false)
+    }
+
+    fn from_weights(w: &Weights, arch: ResNetArch, fold: bool) -> Result<ResNet> {
+        let stem = ConvBn::load(w, "conv1", "bn1", 3, 7, 2, fold)?;
         let mut ch = stem.out_channels();
         let mut blocks = vec![];
         for (stage, &count) in arch.blocks().iter().enumerate() {
             for i in 0..count {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                let block = Block::load(&w.pp(format!("layer{}", stage + 1)).pp(i), arch.bottleneck(), ch, stride)?;
+                let block =
+                    Block::load(&w.pp(format!("layer{}", stage + 1)).pp(i), arch.bottleneck(), ch, stride, fold)?;
                 ch = block.out_channels();
                 blocks.push(block);
             }
@@ -168,19 +215,85 @@ impl ResNet {
     }
 
     /// Logits (n, classes) of normalized images (n, 3, h, w) in the model's
-    /// dtype (see [`imagenet_normalize`]).
+    /// dtype (see [`imagenet_normalize`]), BatchNorm with running statistics.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_mode(x, Mode::Eval, &mut RunningStats::default())
+    }
+
+    /// Logits in training mode (BatchNorm with batch statistics), and the
+    /// updated running statistics under their checkpoint names.
+    pub fn forward_train(&self, x: &Tensor) -> Result<(Tensor, RunningStats)> {
+        let mut stats = RunningStats::default();
+        let logits = self.forward_mode(x, Mode::Train, &mut stats)?;
+        Ok((logits, stats))
+    }
+
+    fn forward_mode(&self, x: &Tensor, mode: Mode, stats: &mut RunningStats) -> Result<Tensor> {
         if x.rank() != 4 || x.dims()[1] != 3 {
             return shape_err("resnet", format!("input {} is not (n, 3, h, w)", x.shape()));
         }
-        let mut h = self.stem.forward(x)?.relu()?.max_pool2d(3, 2, 1)?;
+        let mut h = self.stem.forward(x, mode, stats)?.relu()?.max_pool2d(3, 2, 1)?;
         for block in &self.blocks {
-            h = block.forward(&h)?;
+            h = block.forward(&h, mode, stats)?;
         }
         let (n, c) = (h.dims()[0], h.dims()[1]);
         let pooled = h.reshape([n, c, usize::MAX])?.mean(2, false)?;
         self.fc.forward(&pooled)
     }
+}
+
+/// Fresh weights for `arch` under torchvision's names, initialised as
+/// torchvision's ResNet.__init__ does: Kaiming-normal (fan_out, ReLU) convolutions,
+/// BatchNorm weight 1 and bias 0 with running statistics 0 and 1, and nn.Linear's
+/// uniform ±1/√fan_in for fc. `width` is the first stage's width (64 in
+/// torchvision; the stages double it), so small models train quickly.
+pub fn resnet_init(arch: ResNetArch, width: usize, classes: usize, rng: &mut Rng) -> Result<BTreeMap<String, Tensor>> {
+    let dev = Device::Cpu;
+    let mut w = BTreeMap::new();
+    let mut conv = |w: &mut BTreeMap<String, Tensor>, name: String, out: usize, inp: usize, k: usize| -> Result<()> {
+        let std = (2.0 / (out * k * k) as f32).sqrt();
+        w.insert(format!("{name}.weight"), Tensor::randn([out, inp, k, k], rng, &dev)?.scale(std)?);
+        Ok(())
+    };
+    let bn = |w: &mut BTreeMap<String, Tensor>, name: String, c: usize| -> Result<()> {
+        w.insert(format!("{name}.weight"), Tensor::from_f32(vec![1.0; c], [c], &dev)?);
+        w.insert(format!("{name}.bias"), Tensor::from_f32(vec![0.0; c], [c], &dev)?);
+        w.insert(format!("{name}.running_mean"), Tensor::from_f32(vec![0.0; c], [c], &dev)?);
+        w.insert(format!("{name}.running_var"), Tensor::from_f32(vec![1.0; c], [c], &dev)?);
+        w.insert(format!("{name}.num_batches_tracked"), Tensor::from_u32(vec![0], [], &dev)?);
+        Ok(())
+    };
+    conv(&mut w, "conv1".into(), width, 3, 7)?;
+    bn(&mut w, "bn1".into(), width)?;
+    let expansion = if arch.bottleneck() { 4 } else { 1 };
+    let mut in_ch = width;
+    for (stage, &count) in arch.blocks().iter().enumerate() {
+        let planes = width << stage;
+        for i in 0..count {
+            let p = format!("layer{}.{i}", stage + 1);
+            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+            let layout: &[(usize, usize)] = if arch.bottleneck() {
+                &[(1, planes), (3, planes), (1, planes * expansion)]
+            } else {
+                &[(3, planes), (3, planes)]
+            };
+            let mut ch = in_ch;
+            for (j, &(k, out)) in layout.iter().enumerate() {
+                conv(&mut w, format!("{p}.conv{}", j + 1), out, ch, k)?;
+                bn(&mut w, format!("{p}.bn{}", j + 1), out)?;
+                ch = out;
+            }
+            if stride != 1 || ch != in_ch {
+                conv(&mut w, format!("{p}.downsample.0"), ch, in_ch, 1)?;
+                bn(&mut w, format!("{p}.downsample.1"), ch)?;
+            }
+            in_ch = ch;
+        }
+    }
+    let bound = 1.0 / (in_ch as f32).sqrt();
+    w.insert("fc.weight".into(), Tensor::rand_uniform([classes, in_ch], -bound, bound, rng, &dev)?);
+    w.insert("fc.bias".into(), Tensor::rand_uniform([classes], -bound, bound, rng, &dev)?);
+    Ok(w)
 }
 
 /// (images − mean) / std per RGB channel with torchvision's ImageNet mean and

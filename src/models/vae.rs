@@ -171,8 +171,13 @@ impl AutoencoderKL {
     /// The model in `dir` (config.json and its `*.safetensors`), computing in
     /// `dtype` on `device`. Every tensor of the checkpoint must be used.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<AutoencoderKL> {
-        let config = VaeConfig::open(&dir.join("config.json"))?;
-        let w = Weights::open_dir(dir, dtype, device)?;
+        AutoencoderKL::from_weights(&dir.join("config.json"), &Weights::open_dir(dir, dtype, device)?)
+    }
+
+    /// The model of the diffusers `config_file` with weights `w` (tensors in
+    /// memory under diffusers' names, for training). Every tensor must be used.
+    pub fn from_weights(config_file: &Path, w: &Weights) -> Result<AutoencoderKL> {
+        let config = VaeConfig::open(config_file)?;
         let lat = config.latent_channels;
         let quant_conv = if config.use_quant_conv {
             Some(Conv2d::load_checked(&w.pp("quant_conv"), 2 * lat, 2 * lat, 1, 1, 0, true)?)
@@ -185,8 +190,8 @@ impl AutoencoderKL {
             None
         };
         let model = AutoencoderKL {
-            dtype,
-            device: device.clone(),
+            dtype: w.dtype(),
+            device: w.device().clone(),
             encoder: Encoder::load(&w.pp("encoder"), &config)?,
             decoder: Decoder::load(&w.pp("decoder"), &config)?,
             quant_conv,

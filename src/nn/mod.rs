@@ -1,8 +1,10 @@
 //! Layers over tensors and the loader that fills them from checkpoints by their
 //! public names.
 
+mod batch_norm;
 mod layers;
 mod weights;
 
+pub use batch_norm::{Mode, RunningStats, TrainableBatchNorm2d};
 pub use layers::{BatchNorm2d, Conv2d, Embedding, GroupNorm, LayerNorm, Linear};
 pub use weights::Weights;

@@ -3,7 +3,7 @@
 //! the compute dtype on the compute device, with every name a model asks for
 //! recorded so that the tensors it never asked for can be reported.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,10 @@ use crate::tensor::Tensor;
 
 struct Shared {
     files: Vec<SafetensorsFile>,
+    /// Tensors held in memory (a model being trained), named as in a checkpoint.
+    memory: BTreeMap<String, Tensor>,
+    /// What error messages call an in-memory checkpoint.
+    memory_label: PathBuf,
     dtype: DType,
     device: Device,
     used: Mutex<BTreeSet<String>>,
@@ -43,8 +47,30 @@ impl Weights {
                 }
             }
         }
-        let shared = Shared { files, dtype, device: device.clone(), used: Mutex::new(BTreeSet::new()) };
+        let shared = Shared {
+            files,
+            memory: BTreeMap::new(),
+            memory_label: PathBuf::new(),
+            dtype,
+            device: device.clone(),
+            used: Mutex::new(BTreeSet::new()),
+        };
         Ok(Weights { shared: Arc::new(shared), prefix: String::new() })
+    }
+
+    /// Tensors already in memory, by checkpoint name (the parameters of a model
+    /// being trained: tracked tensors stay tracked, so the model built from them
+    /// is differentiable). `label` names them in error messages.
+    pub fn from_tensors(label: &str, tensors: BTreeMap<String, Tensor>, dtype: DType, device: &Device) -> Weights {
+        let shared = Shared {
+            files: vec![],
+            memory: tensors,
+            memory_label: PathBuf::from(label),
+            dtype,
+            device: device.clone(),
+            used: Mutex::new(BTreeSet::new()),
+        };
+        Weights { shared: Arc::new(shared), prefix: String::new() }
     }
 
     /// The weights of a diffusers or transformers component folder: its
@@ -82,6 +108,15 @@ impl Weights {
         Weights { shared: self.shared.clone(), prefix: self.full(&name.to_string()) }
     }
 
+    /// The checkpoint name of `name` under this view's prefix ("" gives the prefix).
+    pub fn name(&self, name: &str) -> String {
+        if name.is_empty() {
+            self.prefix.clone()
+        } else {
+            self.full(name)
+        }
+    }
+
     fn full(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
@@ -90,12 +125,15 @@ impl Weights {
         }
     }
 
-    fn find(&self, full: &str) -> Option<&SafetensorsFile> {
-        self.shared.files.iter().find(|f| f.contains(full))
+    fn find(&self, full: &str) -> Option<Stored<'_>> {
+        if let Some(t) = self.shared.memory.get(full) {
+            return Some(Stored::Memory(t));
+        }
+        self.shared.files.iter().find(|f| f.contains(full)).map(Stored::File)
     }
 
     fn first_file(&self) -> &Path {
-        self.shared.files[0].path()
+        self.shared.files.first().map_or(&self.shared.memory_label, |f| f.path())
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -106,7 +144,7 @@ impl Weights {
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
         let full = self.full(name);
         match self.find(&full) {
-            Some(f) => Ok(f.shape(&full).unwrap_or_default().to_vec()),
+            Some(f) => Ok(f.shape(&full)),
             None => Err(file_error(self.first_file(), format!("missing tensor '{full}'"))),
         }
     }
@@ -114,14 +152,15 @@ impl Weights {
     /// The tensor `name`, which must have shape `dims`.
     pub fn get(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
         let full = self.full(name);
-        let Some(file) = self.find(&full) else {
+        let Some(found) = self.find(&full) else {
             return Err(file_error(self.first_file(), format!("missing tensor '{full}' (expected shape {dims:?})")));
         };
-        let stored = file.shape(&full).unwrap_or_default();
+        let stored = found.shape(&full);
         if stored != dims {
-            return Err(file_error(file.path(), format!("tensor '{full}' has shape {stored:?}, expected {dims:?}")));
+            let path = found.path().unwrap_or(self.first_file());
+            return Err(file_error(path, format!("tensor '{full}' has shape {stored:?}, expected {dims:?}")));
         }
-        self.load(file, &full)
+        self.load(found, &full)
     }
 
     /// The tensor `name` at whatever shape it is stored.
@@ -133,8 +172,11 @@ impl Weights {
         }
     }
 
-    fn load(&self, file: &SafetensorsFile, full: &str) -> Result<Tensor> {
-        let t = file.load(full, self.shared.dtype, &self.shared.device)?;
+    fn load(&self, found: Stored<'_>, full: &str) -> Result<Tensor> {
+        let t = match found {
+            Stored::File(file) => file.load(full, self.shared.dtype, &self.shared.device)?,
+            Stored::Memory(t) => t.to_device(&self.shared.device)?.to_dtype(self.shared.dtype)?,
+        };
         self.mark_used(full);
         Ok(t)
     }
@@ -154,22 +196,43 @@ impl Weights {
     /// a checkpoint for another architecture or another configuration.
     pub fn check_all_used(&self) -> Result<()> {
         let used = self.shared.used.lock().unwrap_or_else(|p| p.into_inner());
-        for file in &self.shared.files {
-            let unused: Vec<String> = file
-                .names()
+        let memory = (&self.shared.memory_label, self.shared.memory.keys().cloned().collect::<Vec<_>>());
+        let files = self.shared.files.iter().map(|f| (f.path(), f.names()));
+        for (path, names) in files.chain((!memory.1.is_empty()).then_some((memory.0.as_path(), memory.1))) {
+            let unused: Vec<String> = names
                 .into_iter()
                 .filter(|n| self.prefix.is_empty() || n.starts_with(&format!("{}.", self.prefix)))
                 .filter(|n| !used.contains(n))
                 .collect();
             if let Some(first) = unused.first() {
                 let more = if unused.len() > 1 { format!(" and {} more", unused.len() - 1) } else { String::new() };
-                return Err(file_error(
-                    file.path(),
-                    format!("unexpected tensor '{first}'{more} (not used by the model)"),
-                ));
+                return Err(file_error(path, format!("unexpected tensor '{first}'{more} (not used by the model)")));
             }
         }
         Ok(())
+    }
+}
+
+/// Where a named tensor is: in a safetensors file, or in memory.
+#[derive(Clone, Copy)]
+enum Stored<'a> {
+    File(&'a SafetensorsFile),
+    Memory(&'a Tensor),
+}
+
+impl Stored<'_> {
+    fn shape(&self, full: &str) -> Vec<usize> {
+        match self {
+            Stored::File(f) => f.shape(full).unwrap_or_default().to_vec(),
+            Stored::Memory(t) => t.dims().to_vec(),
+        }
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Stored::File(f) => Some(f.path()),
+            Stored::Memory(_) => None,
+        }
     }
 }
 

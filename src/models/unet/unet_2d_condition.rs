@@ -35,9 +35,13 @@ impl UNet2DConditionModel {
     /// The model in `dir` (config.json and its `*.safetensors`), computing in
     /// `dtype` on `device`. Every tensor of the checkpoint must be used.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<UNet2DConditionModel> {
-        let config = UNetConfig::open(&dir.join("config.json"))?;
-        let w = Weights::open_dir(dir, dtype, device)?;
-        let model = UNet2DConditionModel::build(config, &w)?;
+        UNet2DConditionModel::from_weights(&dir.join("config.json"), &Weights::open_dir(dir, dtype, device)?)
+    }
+
+    /// The model of the diffusers `config_file` with weights `w` (tensors in
+    /// memory under diffusers' names, for training). Every tensor must be used.
+    pub fn from_weights(config_file: &Path, w: &Weights) -> Result<UNet2DConditionModel> {
+        let model = UNet2DConditionModel::build(UNetConfig::open(config_file)?, w)?;
         w.check_all_used()?;
         Ok(model)
     }
