@@ -1,7 +1,8 @@
 //! `cargo bench --bench models`: whole models at their real sizes with random
 //! weights (timing needs no download). Stable Diffusion 1.5's UNet step at
 //! 512×512 (batch 2: classifier-free guidance), its text encoder (batch 2, 77
-//! tokens) and its VAE decode to 512×512, and ResNet-50 at batch 64 (224×224).
+//! tokens) and its VAE decode to 512×512, and ResNet-50 at batch 64 (224×224),
+//! forward and one training step (forward, backward, SGD).
 //!
 //! benches/models/<name>/ holds each model's config.json, the name and shape of
 //! every tensor (shapes.json) and PyTorch's FLOP count of the timed forward pass
@@ -24,9 +25,11 @@ use rayon::prelude::*;
 
 use common::{cpu_fma_peak, time_gpu};
 use foil::models::clip_text::ClipTextModel;
-use foil::models::resnet::{ResNet, ResNetArch};
+use foil::models::resnet::{resnet_init, ResNet, ResNetArch};
 use foil::models::unet::UNet2DConditionModel;
 use foil::models::vae::AutoencoderKL;
+use foil::train::classifier::{ClassifierTrainer, OptimizerKind, TrainConfig};
+use foil::train::data::Dataset;
 use foil::{DType, Device, Rng, Tensor};
 
 const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/models");
@@ -166,6 +169,37 @@ fn bench(dev: &Device, dtype: DType, filter: &[String], peak: f64, rng: &mut Rng
             net.forward(&x).unwrap();
         });
         row("resnet50 forward", "64x3x224x224", dev, dtype, s, flops("resnet50"), peak);
+    }
+    if wanted("resnet50-train") {
+        // Training computes in bf16 on a GPU (f32 master weights), f32 on the CPU.
+        let dtype = if dev.is_cuda() { DType::BF16 } else { dtype };
+        let tensors = resnet_init(ResNetArch::ResNet50, 64, 1000, rng).unwrap();
+        let config = TrainConfig {
+            arch: ResNetArch::ResNet50,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.1,
+            min_lr: 0.0,
+            warmup_steps: 0,
+            steps: 100,
+            batch: 64,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            label_smoothing: 0.0,
+            max_grad_norm: None,
+            trainable: vec![],
+            eval_every: 0,
+            checkpoint_every: 0,
+            seed: 0,
+            dtype,
+        };
+        let mut trainer = ClassifierTrainer::new(config, tensors, dev).unwrap();
+        let data = Dataset::stripes(64, 224, 1);
+        let batch: Vec<usize> = (0..64).collect();
+        let s = time(dev, || {
+            trainer.train_step(&data, &batch).unwrap();
+        });
+        // Backward costs twice the forward: the usual 3× rule for a training step.
+        row("resnet50 train step (SGD)", "64x3x224x224", dev, dtype, s, 3.0 * flops("resnet50"), peak);
     }
 }
 

@@ -4,8 +4,10 @@
 //!
 //! Layers, lowest first (a layer never imports a higher one): `device` (the
 //! backend contract, `cpu`, `cuda`), `tensor` (shapes, dtypes, ops, safetensors
-//! and PNG files), `nn` (layers and the weight loader), `models` (CLIP, UNet,
-//! VAE, ResNet under their public names), `diffusion` (schedulers, pipelines).
+//! and PNG files, and the record of ops autograd replays), `autograd` (reverse
+//! mode, optimizers), `nn` (layers and the weight loader), `models` (CLIP, UNet,
+//! VAE, ResNet under their public names), `diffusion` (schedulers, pipelines),
+//! `train` (data sets, checkpoints, the classifier training loop).
 
 pub mod autograd;
 pub mod device;
@@ -14,6 +16,7 @@ pub mod error;
 pub mod models;
 pub mod nn;
 pub mod tensor;
+pub mod train;
 
 pub use device::{DType, Device};
 pub use error::{Error, Result};

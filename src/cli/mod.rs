@@ -4,6 +4,7 @@
 mod classify;
 mod generate;
 mod info;
+mod train;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Classify images with a torchvision ResNet saved as safetensors.
     Classify(classify::ClassifyArgs),
+    /// Train models with foil's own autograd.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
 }
 
 /// The `--dtype` flag of the model commands.
@@ -91,6 +95,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => info::run(&device, fallback.as_deref()),
         Command::Generate(args) => generate::run(args, &device),
         Command::Classify(args) => classify::run(args, &device),
+        Command::Train(command) => train::run(command, &device),
     }
 }
 

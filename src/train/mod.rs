@@ -1,0 +1,6 @@
+//! The training layer: data sets, checkpoints and the classifier training loop
+//! that `foil train classifier` and the reinforce stage run.
+
+pub mod checkpoint;
+pub mod classifier;
+pub mod data;
