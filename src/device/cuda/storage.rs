@@ -855,7 +855,6 @@ impl BackendStorage for CudaStorage {
     fn adaptive_avg_pool2d_backward(&self, p: &AdaptivePool2dParams) -> Result<Self> {
         self.adaptive_pool("adaptive_avg_pool2d_backward", p, p.planes * p.h * p.w)
     }
-
 }
 
 impl CudaStorage {
