@@ -24,10 +24,14 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use common::{cpu_fma_peak, time_gpu};
+use foil::autograd::backward;
+use foil::autograd::optim::{AdamW, AdamWConfig, Optimizer};
 use foil::models::clip_text::ClipTextModel;
 use foil::models::resnet::{resnet_init, ResNet, ResNetArch};
 use foil::models::unet::UNet2DConditionModel;
 use foil::models::vae::AutoencoderKL;
+use foil::nn::Weights;
+use foil::train::checkpoint::read_tensors;
 use foil::train::classifier::{ClassifierTrainer, OptimizerKind, TrainConfig};
 use foil::train::data::Dataset;
 use foil::{DType, Device, Rng, Tensor};
@@ -128,10 +132,12 @@ fn randn(dims: &[usize], dtype: DType, dev: &Device, rng: &mut Rng) -> Tensor {
     Tensor::randn(dims.to_vec(), rng, &Device::Cpu).unwrap().to_dtype(dtype).unwrap().to_device(dev).unwrap()
 }
 
+/// A table row; `flops` NaN when the model has no FLOP count (GFLOP/s then reads "-").
 fn row(model: &str, input: &str, dev: &Device, dtype: DType, seconds: f64, flops: f64, peak: f64) {
     let rate = flops / seconds;
-    let ratio = if dev.is_cuda() { "-".to_string() } else { format!("{:.2}", rate / peak) };
-    println!("| {model} | {input} | {dev} {dtype} | {:.1} | {:.1} | {ratio} |", seconds * 1e3, rate / 1e9);
+    let ratio = if dev.is_cuda() || rate.is_nan() { "-".to_string() } else { format!("{:.2}", rate / peak) };
+    let gflops = if rate.is_nan() { "-".to_string() } else { format!("{:.1}", rate / 1e9) };
+    println!("| {model} | {input} | {dev} {dtype} | {:.1} | {gflops} | {ratio} |", seconds * 1e3);
 }
 
 fn bench(dev: &Device, dtype: DType, filter: &[String], peak: f64, rng: &mut Rng) {
@@ -201,6 +207,35 @@ fn bench(dev: &Device, dtype: DType, filter: &[String], peak: f64, rng: &mut Rng
         // Backward costs twice the forward: the usual 3× rule for a training step.
         row("resnet50 train step (SGD)", "64x3x224x224", dev, dtype, s, 3.0 * flops("resnet50"), peak);
     }
+    if wanted("tiny-unet-train") {
+        let s = time_tiny_unet_step(dev, rng);
+        row("tiny-unet train step (MSE, AdamW)", "2x4x8x8, 7x12 context", dev, DType::F32, s, f64::NAN, peak);
+    }
+}
+
+/// One training step of the UNet of tests/fixtures/training/unet (the one
+/// scripts/bench_torch.py --train times): forward, MSE, backward, clipping, AdamW.
+fn time_tiny_unet_step(dev: &Device, rng: &mut Rng) -> f64 {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/training/unet");
+    let config = folder.join("config.json");
+    let params = read_tensors(&folder.join("diffusion_pytorch_model.safetensors"), dev).unwrap();
+    let names: Vec<String> = params.keys().cloned().collect();
+    let init: Vec<Tensor> = names.iter().map(|n| params[n].clone()).collect();
+    let adamw = AdamWConfig { max_grad_norm: Some(1.0), ..AdamWConfig::default() };
+    let mut opt = AdamW::new(&init, adamw).unwrap();
+    let (x, ctx) = (randn(&[2, 4, 8, 8], DType::F32, dev, rng), randn(&[2, 7, 12], DType::F32, dev, rng));
+    let target = randn(&[2, 4, 8, 8], DType::F32, dev, rng);
+    time(dev, || {
+        let leaves: BTreeMap<String, Tensor> =
+            names.iter().zip(opt.params().unwrap()).map(|(n, p)| (n.clone(), p.tracked())).collect();
+        let w = Weights::from_tensors("unet", leaves.clone(), DType::F32, dev);
+        let unet = UNet2DConditionModel::from_weights(&config, &w).unwrap();
+        let d = unet.forward(&x, &[37.0, 811.5], &ctx).unwrap().sub(&target).unwrap();
+        let loss = d.mul(&d).unwrap().reshape([d.numel()]).unwrap().mean(0, true).unwrap();
+        let grads = backward(&loss).unwrap();
+        let grads: Vec<Tensor> = names.iter().map(|n| grads.get(&leaves[n]).unwrap().clone()).collect();
+        opt.step(&grads, 1e-3).unwrap();
+    })
 }
 
 fn main() {

@@ -12,7 +12,8 @@
 #   racecheck  compute-sanitizer --tool racecheck --error-exitcode 1 <bin> --include-ignored
 #   bench      cargo bench --bench ops --bench models (ops and whole models, f16 and f32)
 #   torch      scripts/bench_torch.py --device cuda --dtype f16: PyTorch + diffusers at the
-#              models benchmark's shapes, in the same run (SKIP without torch and diffusers)
+#              models benchmark's shapes, in the same run, and its training steps (--train,
+#              AMP bf16, channels_last) (SKIP without torch and diffusers)
 #
 # Usage: scripts/gpu-check.sh [--out DIR] [--test-target NAME]... [--bench NAME]
 #                             [--skip STAGE[,STAGE]] [--timeout SECS] [-v]
@@ -37,7 +38,7 @@ repo_root="$(cd -- "$script_dir/.." && pwd -P)"
 die() { echo "gpu-check: error: $*" >&2; exit 2; }
 
 out_dir="$repo_root/target/gpu-check"
-read -r -a test_targets <<<"${GPU_CHECK_TEST_TARGETS:-cuda_ops schedulers clip_text resnet unet vae}"
+read -r -a test_targets <<<"${GPU_CHECK_TEST_TARGETS:-cuda_ops cuda_grad_conv_pool cuda_grad_norm_loss cuda_grad_attention grad_elementwise optim training_fixtures schedulers clip_text resnet unet vae}"
 read -r -a benches <<<"${GPU_CHECK_BENCH:-ops models}"
 stage_timeout="${GPU_CHECK_TIMEOUT:-0}"
 verbose=0
@@ -257,9 +258,10 @@ torch_bench() {
     echo "python3 with torch, diffusers, transformers and torchvision not found: PyTorch rows not measured"
     return 0
   fi
-  python3 scripts/bench_torch.py --device cuda --dtype f16 && python3 scripts/bench_torch.py --device cuda --dtype f32
+  python3 scripts/bench_torch.py --device cuda --dtype f16 && python3 scripts/bench_torch.py --device cuda --dtype f32 \
+    && python3 scripts/bench_torch.py --device cuda --train --dtype bf16
 }
-DESC="scripts/bench_torch.py --device cuda (f16, f32)" run_stage torch torch_bench
+DESC="scripts/bench_torch.py --device cuda (f16, f32, --train bf16)" run_stage torch torch_bench
 
 # ---- report ----------------------------------------------------------------------------
 failed=()

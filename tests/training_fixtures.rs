@@ -301,3 +301,34 @@ fn clip_text_gradients_and_three_optimizer_steps() {
     after.retain(|n, _| !n.contains("k_proj.bias"));
     check_weights("clip", &after, &want, "adamw", 1e-3);
 }
+
+/// The same ResNet-18 step and 3 SGD steps on the GPU: f32 against PyTorch at the
+/// tolerance of the CUDA contractions (kernels/README.md), and bf16 compute with f32
+/// master weights within bf16's reach.
+#[test]
+fn cuda_training_matches_pytorch() {
+    let Some(gpu) = common::cuda_or_skip("cuda_training_matches_pytorch") else { return };
+    let want = Expected::open("resnet18-train.safetensors");
+    let tensors = read_tensors(&dir().join("resnet18.safetensors"), &gpu).unwrap();
+    let leaves = tracked(&tensors);
+    let w = Weights::from_tensors("resnet18", leaves.clone(), DType::F32, &gpu);
+    let model = ResNet::for_training(&w, ResNetArch::ResNet18).unwrap();
+    let x = want.f32("input").to_device(&gpu).unwrap().tracked();
+    let labels = want.u32("labels").to_device(&gpu).unwrap();
+    let (logits, _) = model.forward_train(&x).unwrap();
+    let loss = logits.cross_entropy(&labels, 0.1).unwrap().mean(0, true).unwrap();
+    let g = backward(&loss).unwrap();
+    for (name, leaf) in leaves.iter().filter(|(n, _)| is_parameter(n)) {
+        check("resnet18 cuda", g.get(leaf).unwrap(), &want, &format!("grad.{name}"), 1e-3);
+    }
+    check("resnet18 cuda", g.get(&x).unwrap(), &want, "grad.input", 1e-3);
+    for (dtype, tol) in [(DType::F32, 1e-3), (DType::BF16, 5e-2)] {
+        let config = TrainConfig { dtype, ..resnet_config(OptimizerKind::Sgd, vec![]) };
+        let mut trainer = ClassifierTrainer::new(config, tensors.clone(), &gpu).unwrap();
+        for _ in 0..3 {
+            trainer.train_step_on(&x.detach(), &labels).unwrap();
+        }
+        let got: BTreeMap<String, Tensor> = trainer.weights().unwrap().into_iter().collect();
+        check_weights(&format!("resnet18 cuda {dtype}"), &got, &want, "sgd", tol);
+    }
+}

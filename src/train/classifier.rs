@@ -86,9 +86,11 @@ impl ClassifierTrainer {
     /// `resnet_init` or a checkpoint), moved to `device`.
     pub fn new(config: TrainConfig, tensors: BTreeMap<String, Tensor>, device: &Device) -> Result<ClassifierTrainer> {
         let mut on_device = BTreeMap::new();
+        // Parameters stay f32 here (the optimizer's master copy); the model casts them to the
+        // compute dtype as it loads, and the cast's gradient brings the gradients back to f32.
         for (name, t) in tensors {
             let t = t.detach().to_device(device)?;
-            let t = if is_parameter(&name) { t.to_dtype(config.dtype)? } else { t };
+            let t = if t.dtype().is_float() { t.to_dtype(DType::F32)? } else { t };
             on_device.insert(name, t);
         }
         let trainable: Vec<String> = on_device
@@ -147,10 +149,7 @@ impl ClassifierTrainer {
     /// The model's tensors under torchvision names (parameters in f32), as
     /// `foil classify` loads them.
     pub fn weights(&self) -> Result<Vec<(String, Tensor)>> {
-        self.tensors
-            .iter()
-            .map(|(n, t)| Ok((n.clone(), if t.dtype().is_float() { t.to_dtype(DType::F32)? } else { t.clone() })))
-            .collect()
+        Ok(self.tensors.iter().map(|(n, t)| (n.clone(), t.clone())).collect())
     }
 
     fn model(&self, tracked: bool) -> Result<(ResNet, Vec<Tensor>)> {
