@@ -68,7 +68,7 @@ fn half_precision_on_the_cpu() {
 
 #[test]
 fn half_precision_on_the_gpu() {
-    if let Some(gpu) = common::cuda_or_skip("clip_text::half_precision_on_the_gpu") {
+    if let Some(gpu) = common::gpu("clip_text::half_precision_on_the_gpu") {
         check_half(&gpu);
     }
 }

@@ -6,36 +6,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::OnceLock;
-
-use common::{randn, rel_err, rng};
+use common::{gpu, randn, rel_err, rng, tolerance, Class};
 use foil::{DType, Device, Error, Rng, Tensor};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-
-/// kernels/README.md, "Tolerances": (reductions, contractions).
-fn tolerance(dtype: DType) -> (f64, f64) {
-    match dtype {
-        DType::F32 => (1e-5, 1e-4),
-        DType::F16 => (2e-3, 5e-3),
-        _ => (1.6e-2, 3e-2),
-    }
-}
-
-/// The GPU, or None after printing why this test is skipped (straight to stderr, past the
-/// harness's capture, as one write so parallel tests do not interleave inside it).
-fn gpu(test: &str) -> Option<Device> {
-    static GPU: OnceLock<Result<Device, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Device::cuda(0).map_err(|e| e.to_string())) {
-        Ok(d) => Some(d.clone()),
-        Err(reason) => {
-            let line = format!("SKIPPED cuda_grad_attention::{test}: no GPU ({reason})\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            None
-        }
-    }
-}
 
 /// Random normal data of `dims`, rounded to `dtype`: as a CPU f32 tensor and a GPU tensor.
 fn pair(r: &mut Rng, dims: &[usize], dtype: DType, gpu: &Device) -> (Tensor, Tensor) {
@@ -80,7 +54,7 @@ fn mask_for(r: &mut Rng, (b, h, lq, lk, ..): Case, kind: u8) -> Option<Tensor> {
 
 #[test]
 fn attention_backward_matches_the_cpu() {
-    let Some(dev) = gpu("attention_backward_matches_the_cpu") else { return };
+    let Some(dev) = gpu("cuda_grad_attention::attention_backward_matches_the_cpu") else { return };
     let mut r = rng("cuda attention_backward");
     let cases: [Case; 11] = [
         (1, 1, 1, 1, 1, false, 0),
@@ -97,7 +71,7 @@ fn attention_backward_matches_the_cpu() {
         (1, 1, 4096, 4096, 64, true, 0),
     ];
     for dtype in DTYPES {
-        let (_, tol) = tolerance(dtype);
+        let tol = tolerance(dtype, Class::Contraction);
         for case in cases {
             let (b, h, lq, lk, d, causal, kind) = case;
             let (cq, gq) = pair(&mut r, &[b, h, lq, d], dtype, &dev);
@@ -124,7 +98,7 @@ fn attention_backward_matches_the_cpu() {
 
 #[test]
 fn attention_backward_refuses_head_dims_past_160() {
-    let Some(dev) = gpu("attention_backward_refuses_head_dims_past_160") else { return };
+    let Some(dev) = gpu("cuda_grad_attention::attention_backward_refuses_head_dims_past_160") else { return };
     let q = Tensor::zeros([1, 1, 2, 192], DType::F32, &dev).unwrap();
     let e = q.attention_backward(&q, &q, None, false, None, &q);
     assert!(matches!(&e, Err(Error::Cuda(m)) if m.contains("160")), "{e:?}");
@@ -132,13 +106,13 @@ fn attention_backward_refuses_head_dims_past_160() {
 
 #[test]
 fn embedding_backward_matches_the_cpu() {
-    let Some(dev) = gpu("embedding_backward_matches_the_cpu") else { return };
+    let Some(dev) = gpu("cuda_grad_attention::embedding_backward_matches_the_cpu") else { return };
     let mut r = rng("cuda embedding_backward");
     // (ids dims, vocab, dim): CLIP's token table, its position table (every id 8 times), odd sizes.
     let cases: [(&[usize], usize, usize); 5] =
         [(&[1], 1, 1), (&[2, 77], 49408, 32), (&[8, 77], 77, 768), (&[300], 1000, 33), (&[3, 5, 7], 4, 5)];
     for dtype in DTYPES {
-        let (tol, _) = tolerance(dtype);
+        let tol = tolerance(dtype, Class::Reduction);
         for (id_dims, vocab, dim) in cases {
             let n: usize = id_dims.iter().product();
             let ids: Vec<u32> =

@@ -7,45 +7,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::OnceLock;
-
-use common::{randn, rng};
+use common::{gpu, randn, rng, tolerance, Class};
 use foil::{Conv2dOptions, DType, Device, Rng, Tensor};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-
-#[derive(Clone, Copy)]
-enum Class {
-    Reduction,
-    Contraction,
-}
-
-/// kernels/README.md, "Tolerances".
-fn tolerance(dtype: DType, class: Class) -> f64 {
-    let row = match dtype {
-        DType::F32 => [1e-5, 1e-4],
-        DType::F16 => [2e-3, 5e-3],
-        DType::BF16 => [1.6e-2, 3e-2],
-        DType::U32 => [0.0; 2],
-    };
-    row[class as usize]
-}
-
-/// The GPU, or None after printing why this test is skipped. The skip line goes
-/// straight to stderr, past the test harness's capture, so it is always seen.
-fn gpu(test: &str) -> Option<Device> {
-    static GPU: OnceLock<Result<Device, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Device::cuda(0).map_err(|e| e.to_string())) {
-        Ok(d) => Some(d.clone()),
-        Err(reason) => {
-            // One write of the whole line, so parallel tests do not interleave inside it.
-            let line = format!("SKIPPED cuda_grad_conv_pool::{test}: no GPU ({reason})\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            None
-        }
-    }
-}
 
 /// Random normal data of `dims` rounded to `dtype`, as a CPU f32 tensor and a GPU tensor of `dtype`.
 fn pair(r: &mut Rng, dims: &[usize], dtype: DType, gpu: &Device) -> (Tensor, Tensor) {
@@ -86,7 +51,7 @@ fn conv_out(x: &[usize; 4], w: &[usize; 4], o: Conv2dOptions) -> [usize; 4] {
 
 #[test]
 fn conv2d_grads() {
-    let Some(dev) = gpu("conv2d_grads") else { return };
+    let Some(dev) = gpu("cuda_grad_conv_pool::conv2d_grads") else { return };
     let mut r = rng("cuda conv2d_grads");
     let mut cases: Vec<([usize; 4], [usize; 4], Conv2dOptions)> =
         common::conv_cases().into_iter().map(|(x, w, o, _)| (x, w, o)).collect();
@@ -140,7 +105,7 @@ const POOLS: [(&[usize], usize, usize, usize); 9] = [
 
 #[test]
 fn window_pools_and_grads() {
-    let Some(dev) = gpu("window_pools_and_grads") else { return };
+    let Some(dev) = gpu("cuda_grad_conv_pool::window_pools_and_grads") else { return };
     let mut r = rng("cuda window_pools_and_grads");
     let mut worst = [0f64; 3];
     for (i, dtype) in DTYPES.into_iter().enumerate() {
@@ -186,7 +151,7 @@ fn window_pools_and_grads() {
 
 #[test]
 fn adaptive_pool_and_grad() {
-    let Some(dev) = gpu("adaptive_pool_and_grad") else { return };
+    let Some(dev) = gpu("cuda_grad_conv_pool::adaptive_pool_and_grad") else { return };
     let mut r = rng("cuda adaptive_pool_and_grad");
     let cases: [(&[usize], (usize, usize)); 7] = [
         (&[2, 3, 7, 5], (3, 2)),
@@ -229,7 +194,7 @@ fn adaptive_pool_and_grad() {
 #[test]
 #[ignore = "timing, not a check"]
 fn conv_grad_timing() {
-    let Some(dev) = gpu("conv_grad_timing") else { return };
+    let Some(dev) = gpu("cuda_grad_conv_pool::conv_grad_timing") else { return };
     let mut r = rng("cuda conv_grad_timing");
     let cases = [
         ("256→256 3×3 14×14 b64", [64, 256, 14, 14], [256, 256, 3, 3], opt(1, 1, 1, 1)),

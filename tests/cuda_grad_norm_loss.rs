@@ -8,38 +8,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::OnceLock;
-
-use common::{randn, rng};
+use common::{gpu, randn, rng, tolerance, Class};
 use foil::{DType, Device, Rng, Tensor};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 const EPS: f32 = 1e-5;
-
-/// kernels/README.md, "Tolerances", the reductions column.
-fn tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        _ => 1.6e-2,
-    }
-}
-
-/// The GPU, or None after printing why this test is skipped. The skip line goes straight to
-/// stderr, past the test harness's capture, so it is always seen.
-fn gpu(test: &str) -> Option<Device> {
-    static GPU: OnceLock<Result<Device, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Device::cuda(0).map_err(|e| e.to_string())) {
-        Ok(d) => Some(d.clone()),
-        Err(reason) => {
-            // One write of the whole line, so parallel tests do not interleave inside it.
-            let line = format!("SKIPPED cuda_grad_norm_loss::{test}: no GPU ({reason})\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            None
-        }
-    }
-}
 
 /// Random normal data of `dims`·scale + shift rounded to `dtype`, as a CPU f32 tensor and a GPU
 /// tensor of `dtype`.
@@ -58,7 +31,7 @@ fn check(what: &str, want: &Tensor, got: &Tensor, dtype: DType, scale: f64) {
         &got.to_vec_f32().unwrap(),
         &common::as_f64(want),
         scale,
-        tolerance(dtype),
+        tolerance(dtype, Class::Reduction),
     );
 }
 
@@ -100,7 +73,7 @@ fn check_grads(what: &str, want: (Tensor, Tensor, Tensor), got: (Tensor, Tensor,
 
 #[test]
 fn layer_norm_backward() {
-    let Some(dev) = gpu("layer_norm_backward") else { return };
+    let Some(dev) = gpu("cuda_grad_norm_loss::layer_norm_backward") else { return };
     let mut r = rng("cuda layer_norm_backward");
     for dtype in DTYPES {
         // (300, 64) and (2000, 33) split rows into several parts for the column sums.
@@ -125,7 +98,7 @@ fn ncs(dims: &[usize]) -> (usize, usize, usize) {
 
 #[test]
 fn group_norm_backward() {
-    let Some(dev) = gpu("group_norm_backward") else { return };
+    let Some(dev) = gpu("cuda_grad_norm_loss::group_norm_backward") else { return };
     let mut r = rng("cuda group_norm_backward");
     let cases: [(&[usize], usize); 7] = [
         (&[1, 1, 1, 1], 1),
@@ -163,7 +136,7 @@ fn channel_sets(n: usize, c: usize, sp: usize) -> Vec<Vec<usize>> {
 
 #[test]
 fn batch_norm_train_and_backward() {
-    let Some(dev) = gpu("batch_norm_train_and_backward") else { return };
+    let Some(dev) = gpu("cuda_grad_norm_loss::batch_norm_train_and_backward") else { return };
     let mut r = rng("cuda batch_norm");
     for dtype in DTYPES {
         for dims in BATCH_NORM_SHAPES {
@@ -192,7 +165,7 @@ fn batch_norm_train_and_backward() {
 
 #[test]
 fn softmax_backward() {
-    let Some(dev) = gpu("softmax_backward") else { return };
+    let Some(dev) = gpu("cuda_grad_norm_loss::softmax_backward") else { return };
     let mut r = rng("cuda softmax_backward");
     for dtype in DTYPES {
         for dims in [vec![1, 1], vec![7, 13], vec![4, 1000], vec![3, 4099], vec![2, 8, 77]] {
@@ -214,7 +187,7 @@ fn softmax_backward() {
 
 #[test]
 fn cross_entropy() {
-    let Some(dev) = gpu("cross_entropy") else { return };
+    let Some(dev) = gpu("cuda_grad_norm_loss::cross_entropy") else { return };
     let mut r = rng("cuda cross_entropy");
     for dtype in DTYPES {
         for (rows, classes) in [(1, 1), (5, 7), (64, 1000), (3, 10007), (33, 2)] {
@@ -238,7 +211,7 @@ fn cross_entropy() {
 
 #[test]
 fn cross_entropy_out_of_range_label_gives_nan_row() {
-    let Some(dev) = gpu("cross_entropy_out_of_range_label_gives_nan_row") else { return };
+    let Some(dev) = gpu("cuda_grad_norm_loss::cross_entropy_out_of_range_label_gives_nan_row") else { return };
     let z = Tensor::from_f32(vec![0.5, -1.0, 2.0, 0.0, 1.0, 3.0], [2, 3], &dev).unwrap();
     let labels = Tensor::from_u32(vec![1, 3], [2], &dev).unwrap();
     let loss = z.cross_entropy(&labels, 0.1).unwrap().to_vec_f32().unwrap();
@@ -250,7 +223,7 @@ fn cross_entropy_out_of_range_label_gives_nan_row() {
 
 #[test]
 fn parameter_gradients_are_deterministic() {
-    let Some(dev) = gpu("parameter_gradients_are_deterministic") else { return };
+    let Some(dev) = gpu("cuda_grad_norm_loss::parameter_gradients_are_deterministic") else { return };
     let mut r = rng("cuda norm grad determinism");
     let dims = [16, 8, 33, 31];
     let (_, x) = pair(&mut r, &dims, DType::F32, &dev, 1.0, 0.0);

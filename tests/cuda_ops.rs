@@ -6,46 +6,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::OnceLock;
-
-use common::{randn, rng};
+use common::{gpu, randn, rng, tolerance, Class};
 use foil::{Conv2dOptions, DType, Device, Rng, Tensor};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-
-#[derive(Clone, Copy)]
-enum Class {
-    Elementwise,
-    Reduction,
-    Contraction,
-}
-
-/// kernels/README.md, "Tolerances".
-fn tolerance(dtype: DType, class: Class) -> f64 {
-    let row = match dtype {
-        DType::F32 => [1e-6, 1e-5, 1e-4],
-        DType::F16 => [1e-3, 2e-3, 5e-3],
-        DType::BF16 => [8e-3, 1.6e-2, 3e-2],
-        DType::U32 => [0.0; 3],
-    };
-    row[class as usize]
-}
-
-/// The GPU, or None after printing why this test is skipped. The skip line goes
-/// straight to stderr, past the test harness's capture, so it is always seen.
-fn gpu(test: &str) -> Option<Device> {
-    static GPU: OnceLock<Result<Device, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Device::cuda(0).map_err(|e| e.to_string())) {
-        Ok(d) => Some(d.clone()),
-        Err(reason) => {
-            // One write of the whole line, so parallel tests do not interleave inside it.
-            let line = format!("SKIPPED cuda_ops::{test}: no GPU ({reason})\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            None
-        }
-    }
-}
 
 /// `data` rounded to `dtype`, as a CPU f32 tensor and a GPU tensor of `dtype`.
 fn upload(data: Vec<f32>, dims: &[usize], dtype: DType, gpu: &Device) -> (Tensor, Tensor) {
@@ -85,7 +49,7 @@ type UnaryFn = fn(&Tensor) -> foil::Result<Tensor>;
 
 #[test]
 fn activations() {
-    let Some(dev) = gpu("activations") else { return };
+    let Some(dev) = gpu("cuda_ops::activations") else { return };
     let mut r = rng("cuda activations");
     let ops: [(&str, UnaryFn); 5] = [
         ("silu", Tensor::silu),
@@ -116,7 +80,7 @@ fn activations() {
 
 #[test]
 fn clamp_and_geglu() {
-    let Some(dev) = gpu("clamp_and_geglu") else { return };
+    let Some(dev) = gpu("cuda_ops::clamp_and_geglu") else { return };
     let mut r = rng("cuda clamp_and_geglu");
     for dtype in DTYPES {
         for dims in [vec![1], vec![7], vec![3, 5, 17], vec![1 << 20 | 3]] {
@@ -146,7 +110,7 @@ fn clamp_and_geglu() {
 
 #[test]
 fn binary_broadcast() {
-    let Some(dev) = gpu("binary_broadcast") else { return };
+    let Some(dev) = gpu("cuda_ops::binary_broadcast") else { return };
     let mut r = rng("cuda binary_broadcast");
     let shapes: [(&[usize], &[usize]); 6] = [
         (&[1], &[1]),
@@ -174,7 +138,7 @@ fn binary_broadcast() {
 
 #[test]
 fn casts() {
-    let Some(dev) = gpu("casts") else { return };
+    let Some(dev) = gpu("cuda_ops::casts") else { return };
     let mut r = rng("cuda casts");
     let x: Vec<f32> = randn(&mut r, 4097).iter().map(|v| v * 300.0).collect();
     let cpu = Tensor::from_f32(x, [17, 241], &Device::Cpu).unwrap();
@@ -195,7 +159,7 @@ fn casts() {
 
 #[test]
 fn reductions_and_softmax() {
-    let Some(dev) = gpu("reductions_and_softmax") else { return };
+    let Some(dev) = gpu("cuda_ops::reductions_and_softmax") else { return };
     let mut r = rng("cuda reductions_and_softmax");
     for dtype in DTYPES {
         for dims in [vec![1], vec![9], vec![3, 5, 7], vec![2, 1, 33], vec![4, 4097], vec![64, 77, 3]] {
@@ -236,7 +200,7 @@ fn reductions_and_softmax() {
 
 #[test]
 fn matmul() {
-    let Some(dev) = gpu("matmul") else { return };
+    let Some(dev) = gpu("cuda_ops::matmul") else { return };
     let mut r = rng("cuda matmul");
     let shapes = [
         (1, 1, 1, 1),
@@ -273,7 +237,7 @@ fn matmul() {
 
 #[test]
 fn layer_norm_and_group_norm() {
-    let Some(dev) = gpu("layer_norm_and_group_norm") else { return };
+    let Some(dev) = gpu("cuda_ops::layer_norm_and_group_norm") else { return };
     let mut r = rng("cuda layer_norm_and_group_norm");
     for dtype in DTYPES {
         for (rows, cols) in [(1, 1), (1, 7), (5, 768), (3, 1025), (77, 320)] {
@@ -303,7 +267,7 @@ fn layer_norm_and_group_norm() {
 
 #[test]
 fn conv2d() {
-    let Some(dev) = gpu("conv2d") else { return };
+    let Some(dev) = gpu("cuda_ops::conv2d") else { return };
     let mut r = rng("cuda conv2d");
     let opt = |s, p| Conv2dOptions { stride: (s, s), padding: (p, p), ..Default::default() };
     // The shared cases, plus two big enough for several tiles per block dimension.
@@ -324,7 +288,7 @@ fn conv2d() {
 
 #[test]
 fn layout_ops() {
-    let Some(dev) = gpu("layout_ops") else { return };
+    let Some(dev) = gpu("cuda_ops::layout_ops") else { return };
     let mut r = rng("cuda layout_ops");
     for dtype in DTYPES {
         let (c, g) = pair(&mut r, &[2, 3, 5, 7], dtype, &dev, 1.0);
@@ -361,7 +325,7 @@ fn layout_ops() {
 
 #[test]
 fn attention() {
-    let Some(dev) = gpu("attention") else { return };
+    let Some(dev) = gpu("cuda_ops::attention") else { return };
     let mut r = rng("cuda attention");
     let cases = [
         (1, 1, 1, 1, 1, false, false),
@@ -392,7 +356,7 @@ fn attention() {
 
 #[test]
 fn max_pool2d() {
-    let Some(dev) = gpu("max_pool2d") else { return };
+    let Some(dev) = gpu("cuda_ops::max_pool2d") else { return };
     let mut r = rng("cuda max_pool2d");
     let cases: [(&[usize], usize, usize, usize); 7] = [
         (&[1, 1, 1, 1], 1, 1, 0),
@@ -420,7 +384,7 @@ fn max_pool2d() {
 
 #[test]
 fn bad_input_is_an_error_on_the_gpu_too() {
-    let Some(dev) = gpu("bad_input_is_an_error_on_the_gpu_too") else { return };
+    let Some(dev) = gpu("cuda_ops::bad_input_is_an_error_on_the_gpu_too") else { return };
     let a = Tensor::from_f32(vec![1.0; 6], [2, 3], &dev).unwrap();
     let b = Tensor::from_f32(vec![1.0; 4], [4], &dev).unwrap();
     assert!(a.add(&b).is_err());

@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::OnceLock;
-
-use common::{finite_diff, randn, rel_err_to, rng};
+use common::{finite_diff, gpu, randn, rel_err_to, rng, tolerance, Class};
 use foil::device::UnaryOp;
 use foil::{DType, Device, Error, Rng, Tensor};
 
@@ -164,29 +161,6 @@ fn backward_ops_check_shapes() {
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
-/// kernels/README.md, "Tolerances", elementwise column.
-fn tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::F32 => 1e-6,
-        DType::F16 => 1e-3,
-        _ => 8e-3,
-    }
-}
-
-/// The GPU, or None after printing why this test is skipped (straight to stderr, past the
-/// harness's capture, as one write so parallel tests do not interleave inside it).
-fn gpu(test: &str) -> Option<Device> {
-    static GPU: OnceLock<Result<Device, String>> = OnceLock::new();
-    match GPU.get_or_init(|| Device::cuda(0).map_err(|e| e.to_string())) {
-        Ok(d) => Some(d.clone()),
-        Err(reason) => {
-            let line = format!("SKIPPED grad_elementwise::{test}: no GPU ({reason})\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            None
-        }
-    }
-}
-
 /// Random data of `dims` times `scale`, rounded to `dtype`: as a CPU f32 tensor and a GPU tensor.
 fn pair(r: &mut Rng, dims: &[usize], dtype: DType, gpu: &Device, scale: f32) -> (Tensor, Tensor) {
     let data = randn(r, dims.iter().product()).iter().map(|v| v * scale).collect();
@@ -199,12 +173,16 @@ fn check_gpu(what: &str, cpu: &Tensor, gpu: &Tensor, dtype: DType) {
     assert_eq!(gpu.dtype(), dtype, "{what}: dtype");
     let want: Vec<f64> = cpu.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
     let e = rel_err_to(&gpu.to_vec_f32().unwrap(), &want, 0.0);
-    assert!(e <= tolerance(dtype), "{what} {dtype:?}: relative error {e:.3e} > {:.0e}", tolerance(dtype));
+    assert!(
+        e <= tolerance(dtype, Class::Elementwise),
+        "{what} {dtype:?}: relative error {e:.3e} > {:.0e}",
+        tolerance(dtype, Class::Elementwise)
+    );
 }
 
 #[test]
 fn cuda_elementwise_backward_matches_the_cpu() {
-    let Some(dev) = gpu("cuda_elementwise_backward_matches_the_cpu") else { return };
+    let Some(dev) = gpu("grad_elementwise::cuda_elementwise_backward_matches_the_cpu") else { return };
     let mut r = rng("cuda elementwise backward");
     for dtype in DTYPES {
         for dims in [vec![1], vec![7], vec![3, 5, 17], vec![1 << 20 | 3]] {

@@ -497,7 +497,7 @@ fn tolerance(dtype: DType, reduction: bool) -> f64 {
 
 #[test]
 fn cuda_matches_cpu() {
-    let Some(gpu) = common::cuda_or_skip("optim::cuda_matches_cpu") else { return };
+    let Some(gpu) = common::gpu("optim::cuda_matches_cpu") else { return };
     let mut r = rng("optim cuda_matches_cpu");
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for n in [1, 7, 4097, (1 << 20) + 3] {

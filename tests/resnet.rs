@@ -88,7 +88,7 @@ fn half_precision_on_the_cpu() {
 
 #[test]
 fn half_precision_on_the_gpu() {
-    if let Some(gpu) = common::cuda_or_skip("resnet::half_precision_on_the_gpu") {
+    if let Some(gpu) = common::gpu("resnet::half_precision_on_the_gpu") {
         check_half(&gpu);
     }
 }

@@ -307,7 +307,7 @@ fn clip_text_gradients_and_three_optimizer_steps() {
 /// master weights within bf16's reach.
 #[test]
 fn cuda_training_matches_pytorch() {
-    let Some(gpu) = common::cuda_or_skip("cuda_training_matches_pytorch") else { return };
+    let Some(gpu) = common::gpu("training_fixtures::cuda_training_matches_pytorch") else { return };
     let want = Expected::open("resnet18-train.safetensors");
     let tensors = read_tensors(&dir().join("resnet18.safetensors"), &gpu).unwrap();
     let leaves = tracked(&tensors);

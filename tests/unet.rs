@@ -125,7 +125,7 @@ fn unsupported_config_options_are_named() {
 /// within 2e-2 (f16) and 8e-2 (bf16) of the largest output value.
 #[test]
 fn half_precision_on_cuda_matches_cpu() {
-    let Some(gpu) = common::cuda_or_skip("unet::half_precision_on_cuda_matches_cpu") else { return };
+    let Some(gpu) = common::gpu("unet::half_precision_on_cuda_matches_cpu") else { return };
     for name in CONFIGS {
         let io = io(name);
         let cpu = UNet2DConditionModel::load(&fixture(name), DType::F32, &Device::Cpu).unwrap();

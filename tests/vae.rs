@@ -106,7 +106,7 @@ fn broken_checkpoints_and_configs_are_named() {
 /// 8e-2 (bf16) of the largest output value.
 #[test]
 fn half_precision_on_cuda_matches_cpu() {
-    let Some(gpu) = common::cuda_or_skip("vae::half_precision_on_cuda_matches_cpu") else { return };
+    let Some(gpu) = common::gpu("vae::half_precision_on_cuda_matches_cpu") else { return };
     for name in CONFIGS {
         let io = io(name);
         let cpu = AutoencoderKL::load(&fixture(name), DType::F32, &Device::Cpu).unwrap();
