@@ -182,13 +182,19 @@ impl ClipTextModel {
     /// safetensors weights in `dir`, converted to `dtype` on `device`. Every
     /// tensor of the checkpoint must be used.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<ClipTextModel> {
-        ClipTextModel::from_weights(&dir.join("config.json"), Weights::open_dir(dir, dtype, device)?)
+        // The config first: a missing or wrong folder is reported as its config.json.
+        let config_path = dir.join("config.json");
+        let config = ClipTextConfig::from_file(&config_path)?;
+        ClipTextModel::build(&config_path, config, Weights::open_dir(dir, dtype, device)?)
     }
 
     /// The encoder of the transformers `config_path` with weights `root`
     /// (tensors in memory under transformers' names, for training).
     pub fn from_weights(config_path: &Path, root: Weights) -> Result<ClipTextModel> {
-        let config = ClipTextConfig::from_file(config_path)?;
+        ClipTextModel::build(config_path, ClipTextConfig::from_file(config_path)?, root)
+    }
+
+    fn build(config_path: &Path, config: ClipTextConfig, root: Weights) -> Result<ClipTextModel> {
         let activation = config.activation(config_path)?;
         let w = if root.contains("text_model.embeddings.token_embedding.weight") {
             root.pp("text_model")

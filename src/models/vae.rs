@@ -171,13 +171,18 @@ impl AutoencoderKL {
     /// The model in `dir` (config.json and its `*.safetensors`), computing in
     /// `dtype` on `device`. Every tensor of the checkpoint must be used.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<AutoencoderKL> {
-        AutoencoderKL::from_weights(&dir.join("config.json"), &Weights::open_dir(dir, dtype, device)?)
+        // The config first: a missing or wrong folder is reported as its config.json.
+        let config = VaeConfig::open(&dir.join("config.json"))?;
+        AutoencoderKL::build(config, &Weights::open_dir(dir, dtype, device)?)
     }
 
     /// The model of the diffusers `config_file` with weights `w` (tensors in
     /// memory under diffusers' names, for training). Every tensor must be used.
     pub fn from_weights(config_file: &Path, w: &Weights) -> Result<AutoencoderKL> {
-        let config = VaeConfig::open(config_file)?;
+        AutoencoderKL::build(VaeConfig::open(config_file)?, w)
+    }
+
+    fn build(config: VaeConfig, w: &Weights) -> Result<AutoencoderKL> {
         let lat = config.latent_channels;
         let quant_conv = if config.use_quant_conv {
             Some(Conv2d::load_checked(&w.pp("quant_conv"), 2 * lat, 2 * lat, 1, 1, 0, true)?)

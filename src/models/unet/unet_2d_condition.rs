@@ -35,13 +35,19 @@ impl UNet2DConditionModel {
     /// The model in `dir` (config.json and its `*.safetensors`), computing in
     /// `dtype` on `device`. Every tensor of the checkpoint must be used.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<UNet2DConditionModel> {
-        UNet2DConditionModel::from_weights(&dir.join("config.json"), &Weights::open_dir(dir, dtype, device)?)
+        // The config first: a missing or wrong folder is reported as its config.json.
+        let config = UNetConfig::open(&dir.join("config.json"))?;
+        UNet2DConditionModel::checked(config, &Weights::open_dir(dir, dtype, device)?)
     }
 
     /// The model of the diffusers `config_file` with weights `w` (tensors in
     /// memory under diffusers' names, for training). Every tensor must be used.
     pub fn from_weights(config_file: &Path, w: &Weights) -> Result<UNet2DConditionModel> {
-        let model = UNet2DConditionModel::build(UNetConfig::open(config_file)?, w)?;
+        UNet2DConditionModel::checked(UNetConfig::open(config_file)?, w)
+    }
+
+    fn checked(config: UNetConfig, w: &Weights) -> Result<UNet2DConditionModel> {
+        let model = UNet2DConditionModel::build(config, w)?;
         w.check_all_used()?;
         Ok(model)
     }
