@@ -55,7 +55,7 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
         let inputs = node.op().inputs();
         for (input, g) in inputs.iter().zip(input_grads(node.op(), &grad)?) {
             let (Some(g), Some(n)) = (g, input.node()) else { continue };
-            let g = if g.dtype() != input.dtype() { g.to_dtype(input.dtype())? } else { g };
+            let g = g.to_dtype(input.dtype())?;
             let sum = match pending.remove(&n.id()) {
                 Some(acc) => acc.add(&g)?,
                 None => g,

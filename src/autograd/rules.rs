@@ -188,23 +188,19 @@ fn per_channel_sum(g: &Tensor) -> Result<Tensor> {
 
 /// `g` placed at `start` along `axis` of a zero tensor of shape `dims`: the gradient of narrow.
 fn pad_axis(g: &Tensor, dims: &[usize], axis: usize, start: usize) -> Result<Tensor> {
-    let len = g.dims()[axis];
     let zeros = |n: usize| -> Result<Tensor> {
         let mut d = dims.to_vec();
         d[axis] = n;
         Tensor::zeros(d, g.dtype(), &g.device())
     };
-    let after = dims[axis] - start - len;
+    let after = dims[axis] - start - g.dims()[axis];
     let mut parts = vec![];
-    let (before_t, after_t);
     if start > 0 {
-        before_t = zeros(start)?;
-        parts.push(&before_t);
+        parts.push(zeros(start)?);
     }
-    parts.push(g);
+    parts.push(g.clone());
     if after > 0 {
-        after_t = zeros(after)?;
-        parts.push(&after_t);
+        parts.push(zeros(after)?);
     }
-    Tensor::cat(&parts, axis)
+    Tensor::cat(&parts.iter().collect::<Vec<_>>(), axis)
 }
