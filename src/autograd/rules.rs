@@ -2,15 +2,14 @@
 //! the op's inputs in the order of `Op::inputs`, None for an input that is not
 //! tracked (so a frozen layer's weight gradient is never computed).
 
-use crate::device::BinaryOp;
+use crate::device::{BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::tensor::graph::Op;
 use crate::tensor::Tensor;
 
 pub(super) fn input_grads(op: &Op, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-    let want = |t: &Tensor| t.is_tracked();
-    let when = |t: &Tensor, f: &dyn Fn() -> Result<Tensor>| -> Result<Option<Tensor>> {
-        if want(t) {
+    let when = |tracked: bool, f: &dyn Fn() -> Result<Tensor>| -> Result<Option<Tensor>> {
+        if tracked {
             f().map(Some)
         } else {
             Ok(None)
@@ -35,7 +34,7 @@ pub(super) fn input_grads(op: &Op, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             let mut out = Vec::with_capacity(parts.len());
             for p in parts {
                 let len = p.dims()[*axis];
-                out.push(when(p, &|| g.narrow(*axis, start, len))?);
+                out.push(when(p.is_tracked(), &|| g.narrow(*axis, start, len))?);
                 start += len;
             }
             out
@@ -43,10 +42,22 @@ pub(super) fn input_grads(op: &Op, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Op::Narrow { x, axis, start } => vec![Some(pad_axis(g, x.dims(), *axis, *start)?)],
         Op::BroadcastTo { x } => vec![Some(sum_to(g, x.dims())?)],
         Op::Unary { x, op } => vec![Some(x.activation_backward(*op, g)?)],
+        Op::Relu { out, .. } => vec![Some(out.activation_backward(UnaryOp::Relu, g)?)],
         Op::Scale { factor, .. } => vec![Some(g.scale(*factor)?)],
         Op::Clamp { x, lo, hi } => vec![Some(x.clamp_backward(*lo, *hi, g)?)],
         Op::Geglu { x } => vec![Some(x.geglu_backward(g)?)],
-        Op::Binary { lhs, rhs, op } => binary(*op, lhs, rhs, g)?,
+        Op::AddSub { lhs, rhs, sub } => vec![
+            when(lhs.is_tracked(), &|| sum_to(g, lhs.dims()))?,
+            when(rhs.is_tracked(), &|| {
+                let d = sum_to(g, rhs.dims())?;
+                if *sub {
+                    d.scale(-1.0)
+                } else {
+                    Ok(d)
+                }
+            })?,
+        ],
+        Op::MulDiv { lhs, rhs, op } => mul_div(*op, lhs, rhs, g)?,
         Op::Sum { x, axis } => vec![Some(unreduce(g, x.dims(), *axis)?)],
         Op::Mean { x, axis } => {
             let len = x.dims()[*axis].max(1);
@@ -68,11 +79,11 @@ pub(super) fn input_grads(op: &Op, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         }
         Op::Conv2d { x, weight, bias, options } => {
             let mut out = vec![
-                when(x, &|| g.conv2d_input_grad(weight, x.dims(), *options))?,
-                when(weight, &|| g.conv2d_weight_grad(x, weight.dims(), *options))?,
+                when(x.is_tracked(), &|| g.conv2d_input_grad(weight, x.dims(), *options))?,
+                when(weight.is_tracked(), &|| g.conv2d_weight_grad(x, weight.dims(), *options))?,
             ];
             if let Some(b) = bias {
-                out.push(when(b, &|| per_channel_sum(g))?);
+                out.push(when(b.is_tracked(), &|| per_channel_sum(g))?);
             }
             out
         }
@@ -119,31 +130,18 @@ fn sum_to(g: &Tensor, dims: &[usize]) -> Result<Tensor> {
     acc.reshape(dims.to_vec())
 }
 
-fn binary(op: BinaryOp, lhs: &Tensor, rhs: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-    let (ld, rd) = (lhs.dims(), rhs.dims());
-    let (dl, dr): (Option<Tensor>, Option<Tensor>) = match op {
-        BinaryOp::Add => (Some(g.clone()), Some(g.clone())),
-        BinaryOp::Sub => (Some(g.clone()), rhs.is_tracked().then(|| g.scale(-1.0)).transpose()?),
-        BinaryOp::Mul => (
-            lhs.is_tracked().then(|| g.mul(&rhs.detach())).transpose()?,
-            rhs.is_tracked().then(|| g.mul(&lhs.detach())).transpose()?,
-        ),
-        BinaryOp::Div => (
-            lhs.is_tracked().then(|| g.div(rhs)).transpose()?,
-            // d(a/b)/db = −a/b²  =  −(a/b)/b
-            rhs.is_tracked().then(|| g.mul(&lhs.div(rhs)?.div(rhs)?)?.scale(-1.0)).transpose()?,
-        ),
-    };
-    Ok(vec![
-        match dl {
-            Some(d) if lhs.is_tracked() => Some(sum_to(&d, ld)?),
-            _ => None,
-        },
-        match dr {
-            Some(d) if rhs.is_tracked() => Some(sum_to(&d, rd)?),
-            _ => None,
-        },
-    ])
+/// d(a·b) = (g·b, g·a) and d(a/b) = (g/b, −g·a/b²), each summed to its operand's shape.
+fn mul_div(op: BinaryOp, lhs: &Tensor, rhs: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    let dl = |d: Tensor| sum_to(&d, lhs.dims());
+    let dr = |d: Tensor| sum_to(&d, rhs.dims());
+    let (l, r) = (lhs.is_tracked(), rhs.is_tracked());
+    Ok(match op {
+        BinaryOp::Div => vec![
+            l.then(|| dl(g.div(rhs)?)).transpose()?,
+            r.then(|| dr(g.mul(&lhs.div(rhs)?.div(rhs)?)?.scale(-1.0)?)).transpose()?,
+        ],
+        _ => vec![l.then(|| dl(g.mul(rhs)?)).transpose()?, r.then(|| dr(g.mul(lhs)?)).transpose()?],
+    })
 }
 
 /// The gradient of a sum over `axis`: `g` repeated along it.

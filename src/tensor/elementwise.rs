@@ -1,6 +1,6 @@
 //! Activations, scaling, clamping, GEGLU, and binary arithmetic with NumPy broadcasting.
 
-use super::graph::Op;
+use super::graph::{Link, Op};
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, BinaryOp, BroadcastLayout, UnaryOp, MAX_DIMS};
 use crate::error::{shape_err, Error, Result};
@@ -56,7 +56,10 @@ impl Tensor {
     fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         self.check_float("activation")?;
         let out = Tensor::from_storage(self.storage.unary(op)?, self.shape.clone());
-        Ok(out.recorded(&[self], |_| Op::Unary { x: self.clone(), op }))
+        Ok(out.recorded(&[self], |y| match op {
+            UnaryOp::Relu => Op::Relu { x: Link::to(self), out: y.clone() },
+            _ => Op::Unary { x: self.clone(), op },
+        }))
     }
 
     pub fn silu(&self) -> Result<Tensor> {
@@ -84,7 +87,7 @@ impl Tensor {
     pub fn scale(&self, factor: f32) -> Result<Tensor> {
         self.check_float("scale")?;
         let out = Tensor::from_storage(self.storage.scale(factor)?, self.shape.clone());
-        Ok(out.recorded(&[self], |_| Op::Scale { x: self.clone(), factor }))
+        Ok(out.recorded(&[self], |_| Op::Scale { x: Link::to(self), factor }))
     }
 
     /// x·a + b elementwise (b broadcast as a one-element tensor of x's dtype).
@@ -124,7 +127,12 @@ impl Tensor {
         self.check_same("binary", &[rhs])?;
         let (shape, layout) = broadcast_layout("binary", &self.shape, &rhs.shape)?;
         let out = Tensor::from_storage(self.storage.binary(op, &rhs.storage, &layout)?, shape);
-        Ok(out.recorded(&[self, rhs], |_| Op::Binary { lhs: self.clone(), rhs: rhs.clone(), op }))
+        Ok(out.recorded(&[self, rhs], |_| match op {
+            BinaryOp::Add | BinaryOp::Sub => {
+                Op::AddSub { lhs: Link::to(self), rhs: Link::to(rhs), sub: op == BinaryOp::Sub }
+            }
+            BinaryOp::Mul | BinaryOp::Div => Op::MulDiv { lhs: self.clone(), rhs: rhs.clone(), op },
+        }))
     }
 
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{Conv2dOptions, Tensor};
-use crate::device::{BinaryOp, UnaryOp};
+use crate::device::{BinaryOp, DType, UnaryOp};
 
-/// What made a tracked tensor, with the inputs (and saved results) its gradient needs.
+/// What made a tracked tensor: its inputs, as links or, where the gradient needs
+/// their values, as tensors, and any saved results.
 #[derive(Clone, Debug)]
 pub enum Op {
     /// A tensor made by `Tensor::tracked`: gradients stop and are collected here.
@@ -20,37 +21,43 @@ pub enum Op {
     /// An op foil does not differentiate; reaching it in backward is an error naming it.
     NotDifferentiable {
         op: &'static str,
-        x: Tensor,
+        x: Link,
     },
     Reshape {
-        x: Tensor,
+        x: Link,
     },
     ToDtype {
-        x: Tensor,
+        x: Link,
     },
     Permute {
-        x: Tensor,
+        x: Link,
         perm: Vec<usize>,
     },
     Cat {
-        parts: Vec<Tensor>,
+        parts: Vec<Link>,
         axis: usize,
     },
     Narrow {
-        x: Tensor,
+        x: Link,
         axis: usize,
         start: usize,
     },
     BroadcastTo {
-        x: Tensor,
+        x: Link,
     },
+    /// An activation other than ReLU: its gradient reads the input.
     Unary {
         x: Tensor,
         op: UnaryOp,
     },
+    /// ReLU's gradient reads its output (out > 0 exactly where x > 0), so the input can go.
+    Relu {
+        x: Link,
+        out: Tensor,
+    },
     /// a·x + b: the gradient is a·g.
     Scale {
-        x: Tensor,
+        x: Link,
         factor: f32,
     },
     Clamp {
@@ -61,17 +68,24 @@ pub enum Op {
     Geglu {
         x: Tensor,
     },
-    Binary {
+    /// lhs ± rhs: the gradients are ±g summed to each operand's shape.
+    AddSub {
+        lhs: Link,
+        rhs: Link,
+        sub: bool,
+    },
+    /// lhs · rhs or lhs / rhs (`op` Mul or Div).
+    MulDiv {
         lhs: Tensor,
         rhs: Tensor,
         op: BinaryOp,
     },
     Sum {
-        x: Tensor,
+        x: Link,
         axis: usize,
     },
     Mean {
-        x: Tensor,
+        x: Link,
         axis: usize,
     },
     /// Softmax or log-softmax over the last axis; `out` is the (detached) result.
@@ -114,10 +128,10 @@ pub enum Op {
         options: Conv2dOptions,
     },
     UpsampleNearest2x {
-        x: Tensor,
+        x: Link,
     },
     Embedding {
-        table: Tensor,
+        table: Link,
         ids: Tensor,
     },
     Attention {
@@ -135,13 +149,13 @@ pub enum Op {
         padding: usize,
     },
     AvgPool2d {
-        x: Tensor,
+        x: Link,
         kernel: usize,
         stride: usize,
         padding: usize,
     },
     AdaptiveAvgPool2d {
-        x: Tensor,
+        x: Link,
     },
     CrossEntropy {
         logits: Tensor,
@@ -152,7 +166,7 @@ pub enum Op {
 
 impl Op {
     /// The inputs that may carry gradient, in a fixed order.
-    pub fn inputs(&self) -> Vec<&Tensor> {
+    pub fn inputs(&self) -> Vec<Link> {
         match self {
             Op::Leaf | Op::Softmax { .. } => vec![],
             Op::NotDifferentiable { x, .. }
@@ -161,29 +175,61 @@ impl Op {
             | Op::Permute { x, .. }
             | Op::Narrow { x, .. }
             | Op::BroadcastTo { x }
-            | Op::Unary { x, .. }
+            | Op::Relu { x, .. }
             | Op::Scale { x, .. }
-            | Op::Clamp { x, .. }
-            | Op::Geglu { x }
             | Op::Sum { x, .. }
             | Op::Mean { x, .. }
             | Op::UpsampleNearest2x { x }
-            | Op::MaxPool2d { x, .. }
             | Op::AvgPool2d { x, .. }
-            | Op::AdaptiveAvgPool2d { x } => vec![x],
-            Op::Cat { parts, .. } => parts.iter().collect(),
-            Op::Binary { lhs, rhs, .. } => vec![lhs, rhs],
-            Op::Matmul { a, b, .. } => vec![a, b],
+            | Op::AdaptiveAvgPool2d { x }
+            | Op::Embedding { table: x, .. } => vec![x.clone()],
+            Op::Unary { x, .. } | Op::Clamp { x, .. } | Op::Geglu { x } | Op::MaxPool2d { x, .. } => vec![Link::to(x)],
+            Op::Cat { parts, .. } => parts.clone(),
+            Op::AddSub { lhs, rhs, .. } => vec![lhs.clone(), rhs.clone()],
+            Op::MulDiv { lhs, rhs, .. } => vec![Link::to(lhs), Link::to(rhs)],
+            Op::Matmul { a, b, .. } => vec![Link::to(a), Link::to(b)],
             Op::LayerNorm { x, weight, bias, .. }
             | Op::GroupNorm { x, weight, bias, .. }
-            | Op::BatchNorm { x, weight, bias, .. } => vec![x, weight, bias],
+            | Op::BatchNorm { x, weight, bias, .. } => vec![Link::to(x), Link::to(weight), Link::to(bias)],
             Op::Conv2d { x, weight, bias, .. } => {
-                [Some(x), Some(weight), bias.as_ref()].into_iter().flatten().collect()
+                [Some(x), Some(weight), bias.as_ref()].into_iter().flatten().map(Link::to).collect()
             }
-            Op::Embedding { table, .. } => vec![table],
-            Op::Attention { q, k, v, .. } => vec![q, k, v],
-            Op::CrossEntropy { logits, .. } => vec![logits],
+            Op::Attention { q, k, v, .. } => vec![Link::to(q), Link::to(k), Link::to(v)],
+            Op::CrossEntropy { logits, .. } => vec![Link::to(logits)],
         }
+    }
+}
+
+/// What a gradient flows back to: an input's node (None when it is not tracked),
+/// dtype and shape, without its values. An op whose gradient needs only shapes
+/// records links, so an activation no later rule reads is freed as soon as the
+/// forward pass drops it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    node: Option<Arc<Node>>,
+    dtype: DType,
+    dims: Vec<usize>,
+}
+
+impl Link {
+    pub fn to(t: &Tensor) -> Link {
+        Link { node: t.node.clone(), dtype: t.dtype(), dims: t.dims().to_vec() }
+    }
+
+    pub fn node(&self) -> Option<&Arc<Node>> {
+        self.node.as_ref()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    pub fn is_tracked(&self) -> bool {
+        self.node.is_some()
     }
 }
 

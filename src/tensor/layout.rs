@@ -1,7 +1,7 @@
 //! Layout ops: permute and transpose (a strided gather), concatenation, split
 //! and narrow (rectangular copies).
 
-use super::graph::Op;
+use super::graph::{Link, Op};
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, Copy2d, MAX_DIMS};
 use crate::error::{shape_err, Result};
@@ -40,7 +40,7 @@ impl Tensor {
             return shape_err("permute", format!("{perm:?} of {} needs more than {MAX_DIMS} dimensions", self.shape));
         }
         let out = Tensor::from_storage(self.storage.copy_strided(&cd, &cs)?, Shape::new(out));
-        Ok(out.recorded(&[self], |_| Op::Permute { x: self.clone(), perm: perm.to_vec() }))
+        Ok(out.recorded(&[self], |_| Op::Permute { x: Link::to(self), perm: perm.to_vec() }))
     }
 
     /// The tensor repeated along its size-1 dimensions (and new leading ones) to
@@ -80,7 +80,7 @@ impl Tensor {
             );
         }
         let out = Tensor::from_storage(self.storage.copy_strided(&cd, &cs)?, Shape::new(dims));
-        Ok(out.recorded(&[self], |_| Op::BroadcastTo { x: self.clone() }))
+        Ok(out.recorded(&[self], |_| Op::BroadcastTo { x: Link::to(self) }))
     }
 
     /// Swaps two dimensions.
@@ -129,7 +129,7 @@ impl Tensor {
             offset += cols;
         }
         let out = Tensor::from_storage(out, Shape::new(dims));
-        Ok(out.recorded(parts, |_| Op::Cat { parts: parts.iter().map(|&p| p.clone()).collect(), axis }))
+        Ok(out.recorded(parts, |_| Op::Cat { parts: parts.iter().map(|&p| Link::to(p)).collect(), axis }))
     }
 
     /// `len` entries of `axis` from `start`, as a new contiguous tensor.
@@ -151,7 +151,7 @@ impl Tensor {
         };
         self.storage.copy2d_into(&mut out, copy)?;
         let out = Tensor::from_storage(out, Shape::new(dims));
-        Ok(out.recorded(&[self], |_| Op::Narrow { x: self.clone(), axis, start }))
+        Ok(out.recorded(&[self], |_| Op::Narrow { x: Link::to(self), axis, start }))
     }
 
     /// Consecutive pieces of `axis` with the given sizes, which must add up to it.

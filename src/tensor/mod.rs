@@ -158,7 +158,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         let out = Tensor::from_storage(self.storage.to_dtype(dtype)?, self.shape.clone());
-        Ok(out.recorded(&[self], |_| graph::Op::ToDtype { x: self.clone() }))
+        Ok(out.recorded(&[self], |_| graph::Op::ToDtype { x: graph::Link::to(self) }))
     }
 
     /// The same values under another shape of as many elements; shares storage.
@@ -178,7 +178,7 @@ impl Tensor {
             return shape_err("reshape", format!("{} to {shape}: element counts differ", self.shape));
         }
         let out = Tensor { storage: self.storage.clone(), shape, node: None };
-        Ok(out.recorded(&[self], |_| graph::Op::Reshape { x: self.clone() }))
+        Ok(out.recorded(&[self], |_| graph::Op::Reshape { x: graph::Link::to(self) }))
     }
 
     /// Checks that every tensor shares `self`'s device and dtype.

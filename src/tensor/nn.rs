@@ -1,7 +1,7 @@
 //! The neural-network ops: normalisations, convolution, attention, nearest
 //! upsampling and embedding lookup.
 
-use super::graph::Op;
+use super::graph::{Link, Op};
 use super::{Shape, Tensor};
 use crate::device::{AttentionParams, BackendStorage, Conv2dParams, DType, GroupNormShape};
 use crate::error::{shape_err, Result};
@@ -106,7 +106,7 @@ impl Tensor {
         out[d.len() - 2] *= 2;
         out[d.len() - 1] *= 2;
         let out = Tensor::from_storage(self.storage.upsample_nearest2x(planes, h, w)?, Shape::new(out));
-        Ok(out.recorded(&[self], |_| Op::UpsampleNearest2x { x: self.clone() }))
+        Ok(out.recorded(&[self], |_| Op::UpsampleNearest2x { x: Link::to(self) }))
     }
 
     /// Rows of the (vocab, dim) table `self` picked by the u32 `ids`: shape ids.dims + (dim,).
@@ -120,7 +120,7 @@ impl Tensor {
         let dim = self.dims()[1];
         let out = Shape::new([ids.dims(), &[dim]].concat());
         let out = Tensor::from_storage(self.storage.embedding(&ids.storage, dim)?, out);
-        Ok(out.recorded(&[self], |_| Op::Embedding { table: self.clone(), ids: ids.detach() }))
+        Ok(out.recorded(&[self], |_| Op::Embedding { table: Link::to(self), ids: ids.detach() }))
     }
 
     /// softmax(q·kᵀ·scale + mask)·v for q (batch, heads, q_len, d) and k, v

@@ -1,7 +1,7 @@
 //! Pooling over the last two dimensions, and the gradients of each pooling (the backward ops
 //! autograd calls).
 
-use super::graph::Op;
+use super::graph::{Link, Op};
 use super::{Shape, Tensor};
 use crate::device::{AdaptivePool2dParams, BackendStorage, MaxPool2dParams};
 use crate::error::{shape_err, Result};
@@ -74,7 +74,7 @@ impl Tensor {
         self.check_float("avg_pool2d")?;
         let (params, out) = pool_windows("avg_pool2d", self.dims(), kernel, stride, padding)?;
         let out = Tensor::from_storage(self.storage.avg_pool2d(&params)?, Shape::new(out));
-        Ok(out.recorded(&[self], |_| Op::AvgPool2d { x: self.clone(), kernel, stride, padding }))
+        Ok(out.recorded(&[self], |_| Op::AvgPool2d { x: Link::to(self), kernel, stride, padding }))
     }
 
     /// dL/dx, of `input_dims`, of `x.avg_pool2d(kernel, stride, padding)` from the upstream
@@ -102,7 +102,7 @@ impl Tensor {
         let mut out = self.dims().to_vec();
         out.splice(out.len() - 2.., [out_h, out_w]);
         let out = Tensor::from_storage(self.storage.adaptive_avg_pool2d(&params)?, Shape::new(out));
-        Ok(out.recorded(&[self], |_| Op::AdaptiveAvgPool2d { x: self.clone() }))
+        Ok(out.recorded(&[self], |_| Op::AdaptiveAvgPool2d { x: Link::to(self) }))
     }
 
     /// dL/dx, of `input_dims`, of `x.adaptive_avg_pool2d(out_h, out_w)` from the upstream

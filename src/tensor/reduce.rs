@@ -1,6 +1,6 @@
 //! Reductions over one axis, softmax and log-softmax.
 
-use super::graph::Op;
+use super::graph::{Link, Op};
 use super::{Shape, Tensor};
 use crate::device::{BackendStorage, ReduceOp, ReduceShape};
 use crate::error::{shape_err, Result};
@@ -22,9 +22,9 @@ impl Tensor {
         let storage = self.storage.reduce(op, ReduceShape { outer, len, inner })?;
         let out = Tensor::from_storage(storage, Shape::new(dims));
         Ok(match op {
-            ReduceOp::Sum => out.recorded(&[self], |_| Op::Sum { x: self.clone(), axis: a }),
-            ReduceOp::Mean => out.recorded(&[self], |_| Op::Mean { x: self.clone(), axis: a }),
-            ReduceOp::Max => out.recorded(&[self], |_| Op::NotDifferentiable { op: "max", x: self.clone() }),
+            ReduceOp::Sum => out.recorded(&[self], |_| Op::Sum { x: Link::to(self), axis: a }),
+            ReduceOp::Mean => out.recorded(&[self], |_| Op::Mean { x: Link::to(self), axis: a }),
+            ReduceOp::Max => out.recorded(&[self], |_| Op::NotDifferentiable { op: "max", x: Link::to(self) }),
             ReduceOp::ArgMax => out,
         })
     }

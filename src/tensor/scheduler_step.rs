@@ -48,7 +48,7 @@ impl Tensor {
         let out = Tensor::from_storage(out, self.shape.clone());
         let out = out.recorded(&[self, model_out], |_| super::graph::Op::NotDifferentiable {
             op: "scheduler_step",
-            x: self.clone(),
+            x: super::graph::Link::to(self),
         });
         Ok((out, x0))
     }
