@@ -7,7 +7,8 @@
 //! and PNG files, and the record of ops autograd replays), `autograd` (reverse
 //! mode, optimizers), `nn` (layers and the weight loader), `models` (CLIP, UNet,
 //! VAE, ResNet under their public names), `diffusion` (schedulers, pipelines),
-//! `train` (data sets, checkpoints, the classifier training loop).
+//! `train` (data sets, checkpoints, the classifier training loop), `world` (a
+//! synthetic scene model with known causes).
 
 pub mod autograd;
 pub mod device;
@@ -17,6 +18,7 @@ pub mod models;
 pub mod nn;
 pub mod tensor;
 pub mod train;
+pub mod world;
 
 pub use device::{DType, Device};
 pub use error::{Error, Result};
