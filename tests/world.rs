@@ -102,3 +102,32 @@ fn configs_choose_values_and_bad_ones_are_errors() {
         assert!(e.contains(wanted), "{json}: {e}");
     }
 }
+
+#[test]
+fn world_render_writes_class_folders_and_metadata() {
+    let out = std::env::temp_dir().join(format!("foil-world-render-{}", std::process::id()));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_foil"))
+        .args(["world", "render", "--split", "test", "--n", "12", "--seed", "2", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let csv = std::fs::read_to_string(out.join("metadata.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "file,caption,label,shape,colour,background,size,position");
+    assert_eq!(rows.len(), 13);
+    let world = World::new(WorldConfig::default());
+    let scenes = world.sample(Split::Test, 12, 2);
+    let classes: std::collections::BTreeSet<&str> =
+        rows[1..].iter().map(|r| r.split(',').next_back().unwrap()).collect();
+    assert!(!classes.is_empty());
+    for (row, scene) in rows[1..].iter().zip(&scenes) {
+        let file = row.split(',').next().unwrap();
+        let label = &world.values(SHAPE)[scene.values[SHAPE]];
+        assert!(file.starts_with(&format!("{label}/")), "{row}");
+        assert!(row.contains(&format!("\"{}\"", world.caption(scene))), "{row}");
+        let png = foil::tensor::image::read_png(out.join(file), &foil::Device::Cpu).unwrap().to_vec_f32().unwrap();
+        let want = world.render(scene);
+        let worst = png.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 0.5 / 255.0 + 1e-6, "{file}: PNG differs from the render by {worst}");
+    }
+}

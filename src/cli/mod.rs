@@ -5,6 +5,7 @@ mod classify;
 mod generate;
 mod info;
 mod train;
+mod world;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,9 @@ enum Command {
     /// Train models with foil's own autograd.
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// The synthetic world: scenes with known causes, rendered with captions.
+    #[command(subcommand)]
+    World(world::WorldCommand),
 }
 
 /// The `--dtype` flag of the model commands.
@@ -88,7 +92,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let (device, fallback) = select_device(&cli.device)?;
-    if let (Some(reason), false) = (&fallback, matches!(cli.command, Command::Info)) {
+    if let (Some(reason), false) = (&fallback, matches!(cli.command, Command::Info | Command::World(_))) {
         eprintln!("foil: no usable GPU ({reason}); running on the CPU");
     }
     match cli.command {
@@ -96,6 +100,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args, &device),
         Command::Classify(args) => classify::run(args, &device),
         Command::Train(command) => train::run(command, &device),
+        Command::World(command) => world::run(command),
     }
 }
 

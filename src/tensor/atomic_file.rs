@@ -4,7 +4,7 @@
 
 use std::error::Error as StdError;
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::error::{file_err, Result};
@@ -28,5 +28,14 @@ pub(crate) fn write_atomically(
     run().or_else(|e| {
         let _ = std::fs::remove_file(&tmp);
         file_err(path, format!("{failure}: {e}"))
+    })
+}
+
+/// Writes `text` to `path` through a temporary sibling renamed into place, so a
+/// failure never leaves a half-written file (metadata files beside images).
+pub fn write_text_atomically(path: &Path, text: &str) -> Result<()> {
+    write_atomically(path, "cannot write", |out| {
+        out.write_all(text.as_bytes())?;
+        Ok(())
     })
 }

@@ -27,6 +27,7 @@ pub use norm_grad::BatchNormTrain;
 
 use std::sync::Arc;
 
+pub use atomic_file::write_text_atomically;
 pub use nn::Conv2dOptions;
 pub use random::Rng;
 pub use shape::Shape;

@@ -61,10 +61,15 @@ impl World {
         let tied = c.tie.map(|(f, _)| f);
         let per_label = tied.map_or(1, |f| counts[f]);
         let groups = counts[c.label] * per_label;
-        // A balanced split visits the groups in a shuffled cycle, so every group has n / groups scenes.
-        let mut cycle: Vec<usize> = (0..n).map(|i| i % groups.max(1)).collect();
-        for i in (1..cycle.len()).rev() {
-            cycle.swap(i, rng.below(i as u32 + 1) as usize);
+        // A balanced split visits the groups in rounds, each a fresh shuffle of all of them: n scenes
+        // give every group n / groups or one more, and the groups of a partial round are random.
+        let mut cycle = Vec::with_capacity(n + groups);
+        while cycle.len() < n {
+            let mut round: Vec<usize> = (0..groups).collect();
+            for i in (1..round.len()).rev() {
+                round.swap(i, rng.below(i as u32 + 1) as usize);
+            }
+            cycle.extend(round);
         }
         (0..n)
             .map(|i| {
