@@ -15,7 +15,7 @@ use foil::autograd::{backward, Gradients};
 use foil::models::clip_text::ClipTextModel;
 use foil::models::resnet::{ResNet, ResNetArch};
 use foil::models::unet::UNet2DConditionModel;
-use foil::nn::Weights;
+use foil::nn::{is_batch_norm_buffer, Weights};
 use foil::tensor::safetensors::SafetensorsFile;
 use foil::train::checkpoint::read_tensors;
 use foil::train::classifier::{ClassifierTrainer, OptimizerKind, TrainConfig};
@@ -58,7 +58,7 @@ fn check(what: &str, got: &Tensor, want: &Expected, key: &str, tol: f64) -> f64 
 }
 
 fn is_parameter(name: &str) -> bool {
-    !(name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked"))
+    !is_batch_norm_buffer(name)
 }
 
 /// The checkpoint with its parameters as tracked leaves.

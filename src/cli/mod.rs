@@ -51,8 +51,13 @@ enum DTypeArg {
 
 /// f16 weights and activations on a GPU (f32 accumulation inside the kernels), f32 on the CPU.
 fn compute_dtype(arg: DTypeArg, device: &Device) -> DType {
+    dtype_or(arg, device, DType::F16)
+}
+
+/// The `--dtype` flag's choice, `auto` being `on_gpu` on a GPU and f32 on the CPU.
+fn dtype_or(arg: DTypeArg, device: &Device, on_gpu: DType) -> DType {
     match arg {
-        DTypeArg::Auto if device.is_cuda() => DType::F16,
+        DTypeArg::Auto if device.is_cuda() => on_gpu,
         DTypeArg::Auto | DTypeArg::F32 => DType::F32,
         DTypeArg::F16 => DType::F16,
         DTypeArg::Bf16 => DType::BF16,

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 use foil::models::resnet::{resnet_init, ResNetArch};
+use foil::nn::is_batch_norm_buffer;
 use foil::train::checkpoint::read_tensors;
 use foil::train::classifier::{ClassifierTrainer, OptimizerKind, Progress, TrainConfig};
 use foil::train::data::Dataset;
 use foil::{DType, Device, Error, Result, Rng, Tensor};
 
-use super::DTypeArg;
+use super::{dtype_or, DTypeArg};
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
@@ -115,12 +116,8 @@ pub fn run(command: TrainCommand, device: &Device) -> Result<()> {
 }
 
 fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
-    let dtype = match args.dtype {
-        DTypeArg::Auto if device.is_cuda() => DType::BF16,
-        DTypeArg::Auto | DTypeArg::F32 => DType::F32,
-        DTypeArg::F16 => DType::F16,
-        DTypeArg::Bf16 => DType::BF16,
-    };
+    // Training computes in bf16 on a GPU: f16 would need loss scaling.
+    let dtype = dtype_or(args.dtype, device, DType::BF16);
     if args.steps == 0 || args.batch == 0 {
         return Err(Error::Usage("--steps and --batch must be at least 1".into()));
     }
@@ -177,11 +174,7 @@ fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
         train.len(),
         held_out.len(),
         trainer.trainable_names().len(),
-        trainer
-            .weights()?
-            .iter()
-            .filter(|(n, _)| !n.contains("running_") && !n.ends_with("num_batches_tracked"))
-            .count(),
+        trainer.weights()?.iter().filter(|(n, _)| !is_batch_norm_buffer(n)).count(),
     );
     let log_every = args.log_every.max(1);
     let mut print = |p: &Progress| {

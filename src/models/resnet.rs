@@ -79,7 +79,7 @@ enum ConvBn {
     /// BatchNorm folded in, for inference.
     Folded(Conv2d),
     /// BatchNorm kept, for training.
-    Separate(Conv2d, TrainableBatchNorm2d),
+    Separate(Conv2d, Box<TrainableBatchNorm2d>),
 }
 
 impl ConvBn {
@@ -99,7 +99,7 @@ impl ConvBn {
         Ok(if fold {
             ConvBn::Folded(conv.fold_batch_norm(&BatchNorm2d::load(&w.pp(bn), out_ch, BN_EPS)?)?)
         } else {
-            ConvBn::Separate(conv, TrainableBatchNorm2d::load(&w.pp(bn), out_ch, BN_EPS)?)
+            ConvBn::Separate(conv, Box::new(TrainableBatchNorm2d::load(&w.pp(bn), out_ch, BN_EPS)?))
         })
     }
 

@@ -34,8 +34,9 @@ pub struct TrainableBatchNorm2d {
     running_mean: Tensor,
     running_var: Tensor,
     eps: f32,
-    /// The checkpoint name of this layer, for the updated statistics.
-    name: String,
+    /// The checkpoint names of the running statistics, for their updates.
+    mean_name: String,
+    var_name: String,
 }
 
 impl TrainableBatchNorm2d {
@@ -50,7 +51,8 @@ impl TrainableBatchNorm2d {
             running_mean: f32_of("running_mean")?,
             running_var: f32_of("running_var")?,
             eps,
-            name: w.name(""),
+            mean_name: w.name("running_mean"),
+            var_name: w.name("running_var"),
         })
     }
 
@@ -78,16 +80,14 @@ impl TrainableBatchNorm2d {
         let blend = |old: &Tensor, new: &Tensor, k: f32| -> Result<Tensor> {
             old.scale(1.0 - MOMENTUM)?.add(&new.detach().scale(MOMENTUM * k)?)
         };
-        stats.updated.push((self.name("running_mean"), blend(&self.running_mean, &batch.mean, 1.0)?));
-        stats.updated.push((self.name("running_var"), blend(&self.running_var, &batch.var, unbias)?));
+        stats.updated.push((self.mean_name.clone(), blend(&self.running_mean, &batch.mean, 1.0)?));
+        stats.updated.push((self.var_name.clone(), blend(&self.running_var, &batch.var, unbias)?));
         Ok(batch.out)
     }
+}
 
-    fn name(&self, field: &str) -> String {
-        if self.name.is_empty() {
-            field.to_string()
-        } else {
-            format!("{}.{field}", self.name)
-        }
-    }
+/// Whether a checkpoint name is a BatchNorm buffer (running statistics or the
+/// batch count), which training updates but never differentiates.
+pub fn is_batch_norm_buffer(name: &str) -> bool {
+    ["running_mean", "running_var", "num_batches_tracked"].iter().any(|b| name.ends_with(b))
 }

@@ -5,6 +5,6 @@ mod batch_norm;
 mod layers;
 mod weights;
 
-pub use batch_norm::{Mode, RunningStats, TrainableBatchNorm2d};
+pub use batch_norm::{is_batch_norm_buffer, Mode, RunningStats, TrainableBatchNorm2d};
 pub use layers::{BatchNorm2d, Conv2d, Embedding, GroupNorm, LayerNorm, Linear};
 pub use weights::Weights;

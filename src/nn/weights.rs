@@ -108,13 +108,9 @@ impl Weights {
         Weights { shared: self.shared.clone(), prefix: self.full(&name.to_string()) }
     }
 
-    /// The checkpoint name of `name` under this view's prefix ("" gives the prefix).
+    /// The checkpoint name of `name` under this view's prefix.
     pub fn name(&self, name: &str) -> String {
-        if name.is_empty() {
-            self.prefix.clone()
-        } else {
-            self.full(name)
-        }
+        self.full(name)
     }
 
     fn full(&self, name: &str) -> String {

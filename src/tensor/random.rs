@@ -40,4 +40,11 @@ impl Rng {
     pub fn below(&mut self, n: u32) -> u32 {
         ((self.next_u32() as u64 * n as u64) >> 32) as u32
     }
+
+    /// A uniform permutation of `v` in place (Fisher–Yates), the same for the same state.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i as u32 + 1) as usize);
+        }
+    }
 }

@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::checkpoint;
-use super::data::{shuffle, Dataset};
+use super::data::Dataset;
 use crate::autograd::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use crate::autograd::schedule::LrSchedule;
 use crate::autograd::{backward, no_grad};
 use crate::device::{DType, Device};
 use crate::error::{Error, Result};
 use crate::models::resnet::{imagenet_normalize, ResNet, ResNetArch};
-use crate::nn::Weights;
+use crate::nn::{is_batch_norm_buffer, Weights};
 use crate::tensor::{Rng, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl ClassifierTrainer {
         }
         let trainable: Vec<String> = on_device
             .keys()
-            .filter(|n| is_parameter(n))
+            .filter(|n| !is_batch_norm_buffer(n))
             .filter(|n| config.trainable.is_empty() || config.trainable.iter().any(|p| n.starts_with(p.as_str())))
             .cloned()
             .collect();
@@ -279,7 +279,7 @@ impl ClassifierTrainer {
         let mut last_loss = f32::NAN;
         while self.step < last {
             while shuffles <= self.step / per_epoch {
-                shuffle(&mut order, &mut rng);
+                rng.shuffle(&mut order);
                 shuffles += 1;
             }
             let at = (self.step % per_epoch) * batch;
@@ -312,9 +312,4 @@ impl ClassifierTrainer {
         let final_accuracy = if held_out.is_empty() { f32::NAN } else { self.evaluate(held_out)? };
         Ok(TrainOutcome { final_accuracy, final_loss: last_loss, seconds: start.elapsed().as_secs_f64() })
     }
-}
-
-/// Whether a checkpoint tensor is a parameter (as opposed to a BatchNorm buffer).
-fn is_parameter(name: &str) -> bool {
-    !(name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked"))
 }

@@ -108,7 +108,7 @@ impl Dataset {
     /// evaluation), the rest as the first.
     pub fn split(self, fraction: f64, seed: u64) -> (Dataset, Dataset) {
         let mut order: Vec<usize> = (0..self.len()).collect();
-        shuffle(&mut order, &mut Rng::new(seed));
+        Rng::new(seed).shuffle(&mut order);
         let held = ((self.len() as f64 * fraction).round() as usize).min(self.len());
         let (held_idx, kept_idx) = order.split_at(held);
         (self.subset(kept_idx), self.subset(held_idx))
@@ -129,13 +129,6 @@ impl Dataset {
         let sub = self.subset(idx);
         let images = Tensor::from_f32(sub.pixels, [idx.len(), 3, self.size, self.size], device)?;
         Ok((images, Tensor::from_u32(sub.labels, [idx.len()], device)?))
-    }
-}
-
-/// Fisher–Yates with foil's generator, so an epoch's order depends only on the seed.
-pub fn shuffle(v: &mut [usize], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        v.swap(i, rng.below(i as u32 + 1) as usize);
     }
 }
 

@@ -66,9 +66,7 @@ impl World {
         let mut cycle = Vec::with_capacity(n + groups);
         while cycle.len() < n {
             let mut round: Vec<usize> = (0..groups).collect();
-            for i in (1..round.len()).rev() {
-                round.swap(i, rng.below(i as u32 + 1) as usize);
-            }
+            rng.shuffle(&mut round);
             cycle.extend(round);
         }
         (0..n)
