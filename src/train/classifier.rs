@@ -76,6 +76,9 @@ pub struct ClassifierTrainer {
     config: TrainConfig,
     device: Device,
     tensors: BTreeMap<String, Tensor>,
+    /// BatchNorm's `num_batches_tracked` counts and shapes, kept on the host: counting
+    /// them on the device would read each one back every step.
+    batches_tracked: BTreeMap<String, (u32, Vec<usize>)>,
     trainable: Vec<String>,
     optimizer: Box<dyn Optimizer>,
     step: usize,
@@ -86,9 +89,15 @@ impl ClassifierTrainer {
     /// `resnet_init` or a checkpoint), moved to `device`.
     pub fn new(config: TrainConfig, tensors: BTreeMap<String, Tensor>, device: &Device) -> Result<ClassifierTrainer> {
         let mut on_device = BTreeMap::new();
+        let mut batches_tracked = BTreeMap::new();
         // Parameters stay f32 here (the optimizer's master copy); the model casts them to the
         // compute dtype as it loads, and the cast's gradient brings the gradients back to f32.
         for (name, t) in tensors {
+            if name.ends_with("num_batches_tracked") {
+                let count = t.to_vec_u32()?.first().copied().unwrap_or(0);
+                batches_tracked.insert(name, (count, t.dims().to_vec()));
+                continue;
+            }
             let t = t.detach().to_device(device)?;
             let t = if t.dtype().is_float() { t.to_dtype(DType::F32)? } else { t };
             on_device.insert(name, t);
@@ -122,8 +131,15 @@ impl ClassifierTrainer {
                 },
             )?),
         };
-        let trainer =
-            ClassifierTrainer { config, device: device.clone(), tensors: on_device, trainable, optimizer, step: 0 };
+        let trainer = ClassifierTrainer {
+            config,
+            device: device.clone(),
+            tensors: on_device,
+            batches_tracked,
+            trainable,
+            optimizer,
+            step: 0,
+        };
         trainer.model(false)?; // the checkpoint must fit the architecture before any step
         Ok(trainer)
     }
@@ -149,7 +165,12 @@ impl ClassifierTrainer {
     /// The model's tensors under torchvision names (parameters in f32), as
     /// `foil classify` loads them.
     pub fn weights(&self) -> Result<Vec<(String, Tensor)>> {
-        Ok(self.tensors.iter().map(|(n, t)| (n.clone(), t.clone())).collect())
+        let mut all: Vec<(String, Tensor)> = self.tensors.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+        for (name, (count, dims)) in &self.batches_tracked {
+            all.push((name.clone(), Tensor::from_u32(vec![*count], dims.clone(), &self.device)?));
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
     }
 
     fn model(&self, tracked: bool) -> Result<(ResNet, Vec<Tensor>)> {
@@ -196,7 +217,10 @@ impl ClassifierTrainer {
         for (name, t) in stats.updated {
             self.tensors.insert(name, t);
         }
-        self.count_batch()?;
+        // PyTorch counts every training forward in each BatchNorm's `num_batches_tracked`.
+        for (count, _) in self.batches_tracked.values_mut() {
+            *count += 1;
+        }
         self.step += 1;
         Ok((loss_value, stats_out.grad_norm))
     }
@@ -213,15 +237,6 @@ impl ClassifierTrainer {
     fn refresh_params(&mut self) -> Result<()> {
         for (name, value) in self.trainable.iter().zip(self.optimizer.params()?) {
             self.tensors.insert(name.clone(), value);
-        }
-        Ok(())
-    }
-
-    /// BatchNorm's `num_batches_tracked`, which PyTorch increments every training forward.
-    fn count_batch(&mut self) -> Result<()> {
-        for (_, t) in self.tensors.iter_mut().filter(|(n, _)| n.ends_with("num_batches_tracked")) {
-            let n = t.to_vec_u32()?.first().copied().unwrap_or(0) + 1;
-            *t = Tensor::from_u32(vec![n], t.dims().to_vec(), &self.device)?;
         }
         Ok(())
     }
