@@ -22,6 +22,8 @@ struct Shared {
     dtype: DType,
     device: Device,
     used: Mutex<BTreeSet<String>>,
+    /// When recording: the names and shapes a model asked for (see [`Weights::recording`]).
+    recorded: Option<Mutex<BTreeMap<String, Vec<usize>>>>,
 }
 
 /// A view of a checkpoint under a name prefix; clones share the checkpoint.
@@ -54,6 +56,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             used: Mutex::new(BTreeSet::new()),
+            recorded: None,
         };
         Ok(Weights { shared: Arc::new(shared), prefix: String::new() })
     }
@@ -69,8 +72,42 @@ impl Weights {
             dtype,
             device: device.clone(),
             used: Mutex::new(BTreeSet::new()),
+            recorded: None,
         };
         Weights { shared: Arc::new(shared), prefix: String::new() }
+    }
+
+    /// A loader with no tensors that records what a model asks for: each tensor
+    /// requested with a shape is given as f32 zeros on the CPU and its name and
+    /// shape remembered, so building a model from a config lists its parameters
+    /// (which a new model's initialisation then fills, see `nn::init`).
+    pub fn recording() -> Weights {
+        let shared = Shared {
+            files: vec![],
+            memory: BTreeMap::new(),
+            memory_label: PathBuf::from("a new model"),
+            dtype: DType::F32,
+            device: Device::Cpu,
+            used: Mutex::new(BTreeSet::new()),
+            recorded: Some(Mutex::new(BTreeMap::new())),
+        };
+        Weights { shared: Arc::new(shared), prefix: String::new() }
+    }
+
+    /// The names and shapes asked for since [`Weights::recording`] (empty for a
+    /// loader of stored tensors).
+    pub fn recorded(&self) -> BTreeMap<String, Vec<usize>> {
+        self.shared.recorded.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default()
+    }
+
+    /// Zeros of the recorded shape of `full`, recording `dims` first when given.
+    fn record(&self, full: &str, dims: Option<&[usize]>) -> Option<Result<Tensor>> {
+        let mut recorded = self.shared.recorded.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dims) = dims {
+            recorded.entry(full.to_string()).or_insert_with(|| dims.to_vec());
+        }
+        let dims = recorded.get(full)?.clone();
+        Some(Tensor::zeros(dims, DType::F32, &Device::Cpu))
     }
 
     /// The weights of a diffusers or transformers component folder: its
@@ -149,6 +186,9 @@ impl Weights {
     pub fn get(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
         let full = self.full(name);
         let Some(found) = self.find(&full) else {
+            if let Some(zeros) = self.record(&full, Some(dims)) {
+                return zeros;
+            }
             return Err(file_error(self.first_file(), format!("missing tensor '{full}' (expected shape {dims:?})")));
         };
         let stored = found.shape(&full);
@@ -164,7 +204,10 @@ impl Weights {
         let full = self.full(name);
         match self.find(&full) {
             Some(file) => self.load(file, &full),
-            None => Err(file_error(self.first_file(), format!("missing tensor '{full}'"))),
+            None => match self.record(&full, None) {
+                Some(zeros) => zeros,
+                None => Err(file_error(self.first_file(), format!("missing tensor '{full}'"))),
+            },
         }
     }
 
