@@ -18,13 +18,15 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use tokenizers::decoders::DecoderWrapper;
-use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::models::bpe::{BpeTrainer, Vocab, BPE};
+use tokenizers::models::TrainerWrapper;
 use tokenizers::normalizers::replace::ReplacePattern;
-use tokenizers::normalizers::{Replace, NFC};
+use tokenizers::normalizers::{Lowercase, NormalizerWrapper, Replace, Sequence as NormalizerSequence, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{
     AddedToken, ModelWrapper, NormalizedString, Normalizer, SplitDelimiterBehavior, Tokenizer, TokenizerImpl,
@@ -43,6 +45,8 @@ const SPLIT_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[\p{L}]+|[\p{N}]|[^\s
 const END_OF_WORD_SUFFIX: &str = "</w>";
 /// The slow tokenizer reads at most this many merges from merges.txt (the original CLIP file holds more).
 const MAX_MERGES: usize = 49152 - 256 - 2;
+/// A bound on a trained vocabulary; merging stops earlier, once every word is one token.
+const MAX_TRAINED_VOCAB: usize = 8192;
 /// The length Stable Diffusion's text encoders take, used when tokenizer_config.json gives none.
 const DEFAULT_MAX_LEN: usize = 77;
 
@@ -113,6 +117,11 @@ impl ClipTokenizer {
     }
 
     /// The length of every encoded sequence (the text encoder's number of positions).
+    /// Token ids run below this: the vocabulary with the added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.pipeline.get_vocab_size(true)
+    }
+
     pub fn max_len(&self) -> usize {
         self.max_len
     }
@@ -176,6 +185,73 @@ fn lowercase_with_final_sigma(normalized: &mut NormalizedString) {
         }
     }
     normalized.transform(changes, 0);
+}
+
+/// Trains CLIP's kind of tokenizer, a byte-level BPE with the `</w>` end-of-word
+/// suffix, on `texts` with the tokenizers crate, and writes the folder a Stable
+/// Diffusion pipeline reads: tokenizer.json (CLIPConverter's pipeline around
+/// the trained merges), tokenizer_config.json (the special tokens and the
+/// length) and special_tokens_map.json. Merging runs until every word of the
+/// texts is one token; other words fall back to their characters. The length
+/// (`model_max_length`) is the longest text's tokens with the start and end
+/// tokens, rounded up to a multiple of 8 to leave room for other prompts.
+/// Returns the vocabulary size and the length, the text encoder's `vocab_size`
+/// and `max_position_embeddings`.
+pub fn train_tokenizer(texts: &[String], dir: &Path) -> Result<(usize, usize)> {
+    let fail = |e: tokenizers::Error| Error::Usage(format!("training the tokenizer: {e}"));
+    let specials = vec![AddedToken::from(START_OF_TEXT, true), AddedToken::from(END_OF_TEXT, true)];
+    let bpe = BPE::builder()
+        .unk_token(END_OF_TEXT.to_string())
+        .end_of_word_suffix(END_OF_WORD_SUFFIX.to_string())
+        .build()
+        .map_err(fail)?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(fail)?;
+    tokenizer.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(vec![
+        NFC.into(),
+        whitespace.into(),
+        Lowercase.into(),
+    ]))));
+    tokenizer.with_pre_tokenizer(Some(clip_pre_tokenizer().map_err(fail)?));
+    let mut trainer = TrainerWrapper::BpeTrainer(
+        BpeTrainer::builder()
+            .show_progress(false)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .end_of_word_suffix(END_OF_WORD_SUFFIX.to_string())
+            .vocab_size(MAX_TRAINED_VOCAB)
+            .build(),
+    );
+    tokenizer.train(&mut trainer, texts.iter()).map_err(fail)?;
+    let id = |token: &str| tokenizer.token_to_id(token).ok_or_else(|| Error::Usage(format!("no id for {token}")));
+    let (bos, eos) = (id(START_OF_TEXT)?, id(END_OF_TEXT)?);
+    let mut longest = 0;
+    for text in texts {
+        longest = longest.max(tokenizer.encode(text.as_str(), false).map_err(fail)?.len());
+    }
+    let max_len = (longest + 2).next_multiple_of(8);
+    let post = RobertaProcessing::new((END_OF_TEXT.into(), eos), (START_OF_TEXT.into(), bos))
+        .trim_offsets(false)
+        .add_prefix_space(false);
+    tokenizer.with_post_processor(Some(PostProcessorWrapper::Roberta(post)));
+    tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
+
+    std::fs::create_dir_all(dir).or_else(|e| file_err(dir, e.to_string()))?;
+    let json_path = dir.join("tokenizer.json");
+    let json = tokenizer.to_string(true).map_err(fail)?;
+    crate::tensor::write_text_atomically(&json_path, &json)?;
+    let special = serde_json::json!({
+        "bos_token": START_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT, "pad_token": END_OF_TEXT,
+    });
+    let mut config = special.clone();
+    config["model_max_length"] = max_len.into();
+    config["tokenizer_class"] = "CLIPTokenizer".into();
+    config["do_lower_case"] = true.into();
+    for (name, value) in [("tokenizer_config.json", &config), ("special_tokens_map.json", &special)] {
+        let text = serde_json::to_string_pretty(value).map_err(|e| Error::Usage(e.to_string()))?;
+        crate::tensor::write_text_atomically(&dir.join(name), &text)?;
+    }
+    Ok((tokenizer.get_vocab_size(true), max_len))
 }
 
 /// CLIP's pieces (whitespace dropped), each then mapped to byte-level characters without further splitting.
