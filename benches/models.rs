@@ -27,7 +27,7 @@ use common::{cpu_fma_peak, time_gpu};
 use foil::autograd::backward;
 use foil::autograd::optim::{AdamW, AdamWConfig, Optimizer};
 use foil::models::clip_text::ClipTextModel;
-use foil::models::resnet::{resnet_init, ResNet, ResNetArch};
+use foil::models::resnet::{resnet_init, ResNet, ResNetArch, Stem};
 use foil::models::unet::UNet2DConditionModel;
 use foil::models::vae::AutoencoderKL;
 use foil::nn::Weights;
@@ -179,7 +179,7 @@ fn bench(dev: &Device, dtype: DType, filter: &[String], peak: f64, rng: &mut Rng
     if wanted("resnet50-train") {
         // Training computes in bf16 on a GPU (f32 master weights), f32 on the CPU.
         let dtype = if dev.is_cuda() { DType::BF16 } else { dtype };
-        let tensors = resnet_init(ResNetArch::ResNet50, 64, 1000, rng).unwrap();
+        let tensors = resnet_init(ResNetArch::ResNet50, Stem::ImageNet, 64, 1000, rng).unwrap();
         let config = TrainConfig {
             arch: ResNetArch::ResNet50,
             optimizer: OptimizerKind::Sgd,

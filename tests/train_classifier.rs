@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use foil::models::resnet::{resnet_init, ResNetArch};
+use foil::models::resnet::{resnet_init, ResNetArch, Stem};
 use foil::train::classifier::{ClassifierTrainer, OptimizerKind, TrainConfig};
 use foil::train::data::Dataset;
 use foil::{DType, Device, Rng, Tensor};
@@ -37,7 +37,7 @@ fn config(steps: usize) -> TrainConfig {
 }
 
 fn fresh(width: usize) -> BTreeMap<String, Tensor> {
-    resnet_init(ResNetArch::ResNet18, width, 4, &mut Rng::new(11)).unwrap()
+    resnet_init(ResNetArch::ResNet18, Stem::ImageNet, width, 4, &mut Rng::new(11)).unwrap()
 }
 
 fn weights(t: &ClassifierTrainer) -> BTreeMap<String, Vec<f32>> {

@@ -47,6 +47,38 @@ impl ResNetArch {
     }
 }
 
+/// The first layer. torchvision's, for ImageNet-sized images: a 7×7 stride-2
+/// convolution, then a 3×3 stride-2 max-pool. Or the small-image stem of the
+/// CIFAR ResNets: a 3×3 stride-1 convolution and no pool, which keeps the detail
+/// of a 32×32 image (the ImageNet stem leaves it 8×8 before the first stage).
+/// A checkpoint says which by its conv1 kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stem {
+    ImageNet,
+    Small,
+}
+
+impl Stem {
+    fn kernel(self) -> usize {
+        match self {
+            Stem::ImageNet => 7,
+            Stem::Small => 3,
+        }
+    }
+}
+
+impl FromStr for Stem {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Stem> {
+        match s {
+            "imagenet" => Ok(Stem::ImageNet),
+            "small" => Ok(Stem::Small),
+            other => Err(Error::Usage(format!("unknown stem '{other}' (imagenet or small)"))),
+        }
+    }
+}
+
 impl FromStr for ResNetArch {
     type Err = Error;
 
@@ -166,6 +198,7 @@ impl Block {
 
 pub struct ResNet {
     arch: ResNetArch,
+    stem_kind: Stem,
     /// conv1 and bn1.
     stem: ConvBn,
     blocks: Vec<Block>,
@@ -188,7 +221,12 @@ impl ResNet {
     }
 
     fn from_weights(w: &Weights, arch: ResNetArch, fold: bool) -> Result<ResNet> {
-        let stem = ConvBn::load(w, "conv1", "bn1", 3, 7, 2, fold)?;
+        let stem_kind = match w.pp("conv1").shape("weight")?.get(2) {
+            Some(3) => Stem::Small,
+            _ => Stem::ImageNet,
+        };
+        let stride = if stem_kind == Stem::Small { 1 } else { 2 };
+        let stem = ConvBn::load(w, "conv1", "bn1", 3, stem_kind.kernel(), stride, fold)?;
         let mut ch = stem.out_channels();
         let mut blocks = vec![];
         for (stage, &count) in arch.blocks().iter().enumerate() {
@@ -203,7 +241,7 @@ impl ResNet {
         let classes = w.pp("fc").shape("weight")?.first().copied().unwrap_or(0);
         let fc = Linear::load(&w.pp("fc"), ch, classes, true)?;
         w.check_all_used()?;
-        Ok(ResNet { arch, stem, blocks, fc })
+        Ok(ResNet { arch, stem_kind, stem, blocks, fc })
     }
 
     pub fn arch(&self) -> ResNetArch {
@@ -232,7 +270,10 @@ impl ResNet {
         if x.rank() != 4 || x.dims()[1] != 3 {
             return shape_err("resnet", format!("input {} is not (n, 3, h, w)", x.shape()));
         }
-        let mut h = self.stem.forward(x, mode, stats)?.relu()?.max_pool2d(3, 2, 1)?;
+        let mut h = self.stem.forward(x, mode, stats)?.relu()?;
+        if self.stem_kind == Stem::ImageNet {
+            h = h.max_pool2d(3, 2, 1)?;
+        }
         for block in &self.blocks {
             h = block.forward(&h, mode, stats)?;
         }
@@ -247,7 +288,13 @@ impl ResNet {
 /// BatchNorm weight 1 and bias 0 with running statistics 0 and 1, and nn.Linear's
 /// uniform ±1/√fan_in for fc. `width` is the first stage's width (64 in
 /// torchvision; the stages double it), so small models train quickly.
-pub fn resnet_init(arch: ResNetArch, width: usize, classes: usize, rng: &mut Rng) -> Result<BTreeMap<String, Tensor>> {
+pub fn resnet_init(
+    arch: ResNetArch,
+    stem: Stem,
+    width: usize,
+    classes: usize,
+    rng: &mut Rng,
+) -> Result<BTreeMap<String, Tensor>> {
     let dev = Device::Cpu;
     let mut w = BTreeMap::new();
     let mut conv = |w: &mut BTreeMap<String, Tensor>, name: String, out: usize, inp: usize, k: usize| -> Result<()> {
@@ -263,7 +310,7 @@ pub fn resnet_init(arch: ResNetArch, width: usize, classes: usize, rng: &mut Rng
         w.insert(format!("{name}.num_batches_tracked"), Tensor::from_u32(vec![0], [], &dev)?);
         Ok(())
     };
-    conv(&mut w, "conv1".into(), width, 3, 7)?;
+    conv(&mut w, "conv1".into(), width, 3, stem.kernel())?;
     bn(&mut w, "bn1".into(), width)?;
     let expansion = if arch.bottleneck() { 4 } else { 1 };
     let mut in_ch = width;
