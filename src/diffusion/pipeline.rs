@@ -103,23 +103,38 @@ impl StableDiffusion {
         })
     }
 
-    /// The text embeddings of `text`, repeated `batch` times: (batch, 77, dim).
-    fn embed(&self, text: &str, batch: usize) -> Result<Tensor> {
-        let ids = self.tokenizer.encode(text)?;
-        let len = ids.len();
-        let ids = Tensor::from_u32(ids.repeat(batch), [batch, len], &self.device)?;
+    /// The text embeddings of `texts`, one row each: (n, max_len, dim).
+    fn embed(&self, texts: &[String]) -> Result<Tensor> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let ids = self.tokenizer.encode_batch(&refs)?;
+        let len = self.tokenizer.max_len();
+        let ids = Tensor::from_u32(ids.concat(), [texts.len(), len], &self.device)?;
         self.text_encoder.forward(&ids)
     }
 
     /// Images (N, 3, H, W), f32 in [0, 1], as diffusers' output_type="np" in NCHW.
     pub fn generate(&self, req: &GenerateRequest) -> Result<Tensor> {
+        self.generate_for(req, None)
+    }
+
+    /// One image for each of `prompts` (in place of `req.prompt` and `req.batch`),
+    /// in one batch: given noise must hold one latent per prompt, and an
+    /// image-to-image request one image, or one per prompt.
+    pub fn generate_prompts(&self, prompts: &[String], req: &GenerateRequest) -> Result<Tensor> {
+        if prompts.is_empty() {
+            return Err(Error::Usage("no prompts to generate from".into()));
+        }
+        self.generate_for(req, Some(prompts))
+    }
+
+    fn generate_for(&self, req: &GenerateRequest, prompts: Option<&[String]>) -> Result<Tensor> {
         if req.steps == 0 {
             return Err(Error::Usage("--steps must be at least 1".into()));
         }
         let config = SchedulerConfig::from_file(&self.dir.join("scheduler").join("scheduler_config.json"))?;
         let mut scheduler = scheduler::from_config(&as_pipeline_leaves_it(config), req.scheduler)?;
         scheduler.set_timesteps(req.steps)?;
-        let shape = self.latent_shape(req)?;
+        let shape = self.latent_shape(req, prompts.map(<[String]>::len))?;
         let mut rng = match req.noise {
             InitialNoise::Seed(seed) => Rng::new(seed),
             InitialNoise::Given { .. } => Rng::new(0),
@@ -133,8 +148,19 @@ impl StableDiffusion {
 
         // Guidance as diffusers: only above 1, and then the unconditional pass first.
         let guided = req.guidance > 1.0;
-        let cond = self.embed(&req.prompt, batch)?;
-        let context = if guided { Tensor::cat(&[&self.embed(&req.negative_prompt, batch)?, &cond], 0)? } else { cond };
+        let prompts = match prompts {
+            Some(p) if p.len() != batch => {
+                return Err(Error::Usage(format!("{} prompts for initial noise of {batch} latents", p.len())))
+            }
+            Some(p) => p.to_vec(),
+            None => vec![req.prompt.clone(); batch],
+        };
+        let cond = self.embed(&prompts)?;
+        let context = if guided {
+            Tensor::cat(&[&self.embed(&vec![req.negative_prompt.clone(); batch])?, &cond], 0)?
+        } else {
+            cond
+        };
 
         let (mut latents, first) = match &req.init_image {
             None => (noise.scale(scheduler.init_noise_sigma())?, 0),
@@ -161,8 +187,17 @@ impl StableDiffusion {
         self.decode(&latents)
     }
 
+    /// The shape (C, h, w) of one image's initial noise at `size`×`size` pixels.
+    pub fn latent_dims(&self, size: usize) -> Result<[usize; 3]> {
+        let ds = self.vae.downscale();
+        if size == 0 || !size.is_multiple_of(ds) {
+            return Err(Error::Usage(format!("image size {size} must be a non-zero multiple of {ds}")));
+        }
+        Ok([self.unet.in_channels(), size / ds, size / ds])
+    }
+
     /// (N, C, h, w) of the latents: from the given noise, else from the size.
-    fn latent_shape(&self, req: &GenerateRequest) -> Result<Vec<usize>> {
+    fn latent_shape(&self, req: &GenerateRequest, prompts: Option<usize>) -> Result<Vec<usize>> {
         let ds = self.vae.downscale();
         let c = self.unet.in_channels();
         let from_size = |(h, w): (usize, usize)| -> Result<(usize, usize)> {
@@ -194,7 +229,7 @@ impl StableDiffusion {
                     return Err(Error::Usage("the UNet config has no sample_size: give --height and --width".into()));
                 };
                 let (h, w) = from_size(size)?;
-                Ok(vec![req.batch.max(1), c, h, w])
+                Ok(vec![prompts.unwrap_or(req.batch).max(1), c, h, w])
             }
         }
     }
@@ -215,6 +250,10 @@ impl StableDiffusion {
             return Err(Error::Usage(format!("--strength {strength} must be in [0, 1]")));
         }
         let batch = noise.dims()[0];
+        let images = image.dims()[0];
+        if images != 1 && images != batch {
+            return Err(Error::Usage(format!("{images} initial images for a batch of {batch}")));
+        }
         let image = image.to_device(&self.device)?.to_dtype(self.dtype)?.affine(2.0, -1.0)?;
         let (mean, logvar) = self.vae.encode(&image)?;
         let (mean, logvar) = (mean.to_dtype(DType::F32)?.to_vec_f32()?, logvar.to_dtype(DType::F32)?.to_vec_f32()?);
@@ -228,8 +267,11 @@ impl StableDiffusion {
         let sf = self.vae.scaling_factor();
         let sample: Vec<f32> =
             mean.iter().zip(&logvar).zip(&eps).map(|((m, lv), e)| sf * (m + (0.5 * lv).exp() * e)).collect();
-        let init =
-            Tensor::from_f32(sample.repeat(batch), [vec![batch], noise.dims()[1..].to_vec()].concat(), &self.device)?;
+        let init = Tensor::from_f32(
+            sample.repeat(batch / images),
+            [vec![batch], noise.dims()[1..].to_vec()].concat(),
+            &self.device,
+        )?;
         let first = scheduler.img2img_start(strength as f64)?;
         Ok((scheduler.add_noise(&init, noise, first)?, first))
     }

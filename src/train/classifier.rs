@@ -243,17 +243,23 @@ impl ClassifierTrainer {
 
     /// Accuracy on `data` with BatchNorm's running statistics.
     pub fn evaluate(&self, data: &Dataset) -> Result<f32> {
+        let pred = self.predict(data)?;
+        let correct = pred.iter().zip(data.labels()).filter(|(p, l)| p == l).count();
+        Ok(correct as f32 / data.len().max(1) as f32)
+    }
+
+    /// The predicted class of every image of `data`, with BatchNorm's running statistics.
+    pub fn predict(&self, data: &Dataset) -> Result<Vec<u32>> {
         let _no_grad = no_grad();
         let (model, _) = self.model(false)?;
-        let mut correct = 0usize;
+        let mut pred = Vec::with_capacity(data.len());
         let idx: Vec<usize> = (0..data.len()).collect();
         for chunk in idx.chunks(self.config.batch.max(1)) {
-            let (images, labels) = data.batch(chunk, &self.device)?;
+            let (images, _) = data.batch(chunk, &self.device)?;
             let x = imagenet_normalize(&images)?.to_dtype(self.config.dtype)?;
-            let pred = model.forward(&x)?.to_dtype(DType::F32)?.argmax(1, false)?.to_vec_u32()?;
-            correct += pred.iter().zip(labels.to_vec_u32()?).filter(|(p, l)| **p == *l).count();
+            pred.extend(model.forward(&x)?.to_dtype(DType::F32)?.argmax(1, false)?.to_vec_u32()?);
         }
-        Ok(correct as f32 / data.len().max(1) as f32)
+        Ok(pred)
     }
 
     /// Model, optimizer state and step count, written atomically.

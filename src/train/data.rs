@@ -84,6 +84,18 @@ impl Dataset {
         Dataset { pixels, labels, size, classes }
     }
 
+    /// Images already in memory: `pixels` (n, 3, size, size) in [0, 1], a label each.
+    pub fn from_pixels(pixels: Vec<f32>, labels: Vec<u32>, size: usize, classes: Vec<String>) -> Result<Dataset> {
+        if pixels.len() != labels.len() * 3 * size * size {
+            let n = labels.len();
+            return Err(Error::Usage(format!("{} values for {n} images of 3×{size}×{size}", pixels.len())));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes.len()) {
+            return Err(Error::Usage(format!("label {bad} for {} classes", classes.len())));
+        }
+        Ok(Dataset { pixels, labels, size, classes })
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }

@@ -4,3 +4,5 @@
 pub mod checkpoint;
 pub mod classifier;
 pub mod data;
+pub mod diffusion;
+pub mod parameters;

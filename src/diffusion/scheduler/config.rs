@@ -230,7 +230,7 @@ impl SchedulerConfig {
     /// ᾱ, the cumulative product of 1 − β over the training steps, in f32. With
     /// rescale_betas_zero_snr the betas are rescaled to zero terminal SNR, and `floor_last`
     /// (the sigma-based schedulers) then lifts the last ᾱ from 0 to 2⁻²⁴ so its sigma is finite.
-    pub(crate) fn alphas_cumprod(&self, floor_last: bool) -> Result<Vec<f32>> {
+    pub fn alphas_cumprod(&self, floor_last: bool) -> Result<Vec<f32>> {
         let mut betas = self.betas()?;
         let zero_snr = self.rescale_betas_zero_snr.unwrap_or(false);
         if zero_snr {

@@ -1,0 +1,233 @@
+//! Training a latent diffusion model from scratch in the order Stable Diffusion
+//! was trained: the autoencoder first, on images alone; then the text encoder
+//! and the UNet together on the autoencoder's latents of the images, with
+//! ε-prediction at timesteps drawn uniformly, and the caption replaced by the
+//! empty one at a rate, so that the model also learns the unconditional
+//! prediction that classifier-free guidance needs.
+//!
+//! The autoencoder's posterior has a fixed variance: the decoder learns from
+//! `mean + σ·ε`, the KL term keeps its mean part (β·½·mean²), and the encoder's
+//! log-variance output is regressed onto log σ², so that diffusers' image-to-
+//! image, which samples the posterior, sees the variance the decoder was trained with.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use super::classifier::Progress;
+use super::parameters::Parameters;
+use crate::autograd::no_grad;
+use crate::autograd::optim::AdamWConfig;
+use crate::autograd::schedule::LrSchedule;
+use crate::device::{DType, Device};
+use crate::error::Result;
+use crate::models::clip_text::ClipTextModel;
+use crate::models::clip_tokenizer::ClipTokenizer;
+use crate::models::unet::UNet2DConditionModel;
+use crate::models::vae::AutoencoderKL;
+use crate::nn::Weights;
+use crate::tensor::{Rng, Tensor};
+
+/// Images (RGB in [0, 1], `size`×`size`) with a caption each.
+pub struct ImageCaptions {
+    pub size: usize,
+    pub images: Vec<f32>,
+    pub captions: Vec<String>,
+}
+
+impl ImageCaptions {
+    pub fn len(&self) -> usize {
+        self.captions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.captions.is_empty()
+    }
+
+    /// The images of `idx` as (n, 3, size, size) in [-1, 1], the autoencoder's range.
+    fn batch(&self, idx: &[usize], device: &Device) -> Result<Tensor> {
+        let per = 3 * self.size * self.size;
+        let mut data = Vec::with_capacity(idx.len() * per);
+        for &i in idx {
+            data.extend(self.images[i * per..(i + 1) * per].iter().map(|v| 2.0 * v - 1.0));
+        }
+        Tensor::from_f32(data, [idx.len(), 3, self.size, self.size], device)
+    }
+}
+
+/// What every stage shares: steps, batch, AdamW's peak rate, its warm-up, the seed.
+#[derive(Clone, Debug)]
+pub struct StageConfig {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub warmup_steps: usize,
+    pub seed: u64,
+    /// The compute dtype; parameters stay f32.
+    pub dtype: DType,
+}
+
+impl StageConfig {
+    fn parameters(&self, tensors: BTreeMap<String, Tensor>) -> Result<Parameters> {
+        let adamw = AdamWConfig { weight_decay: 0.0, max_grad_norm: Some(1.0), ..AdamWConfig::default() };
+        let schedule = LrSchedule {
+            base_lr: self.lr,
+            warmup_steps: self.warmup_steps as u64,
+            total_steps: self.steps as u64,
+            min_lr: self.lr * 0.05,
+        };
+        Parameters::new(tensors, adamw, schedule)
+    }
+
+    fn batch_indices(&self, rng: &mut Rng, n: usize) -> Vec<usize> {
+        (0..self.batch).map(|_| rng.below(n as u32) as usize).collect()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AutoencoderConfig {
+    pub stage: StageConfig,
+    /// σ of the posterior: the noise the decoder learns to ignore.
+    pub posterior_std: f32,
+    /// β of the KL term's mean part.
+    pub kl_weight: f32,
+}
+
+/// The mean of the squares of `a − b` over every element: a scalar.
+fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let d = a.sub(b)?;
+    let n = d.numel();
+    d.mul(&d)?.reshape([n])?.mean(0, false)
+}
+
+/// Trains the autoencoder of diffusers config `config_file` from `init` on
+/// `data`; returns its parameters.
+pub fn train_autoencoder(
+    config_file: &Path,
+    init: BTreeMap<String, Tensor>,
+    data: &ImageCaptions,
+    config: &AutoencoderConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<BTreeMap<String, Tensor>> {
+    let stage = &config.stage;
+    let mut params = stage.parameters(init)?;
+    let mut rng = Rng::new(stage.seed);
+    let start = Instant::now();
+    let target_logvar = 2.0 * config.posterior_std.ln();
+    while (params.steps() as usize) < stage.steps {
+        let images = data.batch(&stage.batch_indices(&mut rng, data.len()), device)?.to_dtype(stage.dtype)?;
+        let leaves = params.leaves();
+        let vae = AutoencoderKL::from_weights(
+            config_file,
+            &Weights::from_tensors("vae", leaves.clone(), stage.dtype, device),
+        )?;
+        let (mean, logvar) = vae.encode(&images)?;
+        let eps = Tensor::randn(mean.dims().to_vec(), &mut rng, device)?.scale(config.posterior_std)?;
+        let recon = vae.decode(&mean.add(&eps.to_dtype(stage.dtype)?)?)?;
+        let (mean, logvar) = (mean.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?);
+        let target = Tensor::from_f32(vec![target_logvar; logvar.numel()], logvar.dims().to_vec(), device)?;
+        let kl = mean.mul(&mean)?;
+        let kl = kl.reshape([kl.numel()])?.mean(0, false)?.scale(0.5 * config.kl_weight)?;
+        let loss = mse(&recon.to_dtype(DType::F32)?, &images.to_dtype(DType::F32)?)?
+            .add(&kl)?
+            .add(&mse(&logvar, &target)?.scale(0.01)?)?;
+        params.minimize(&leaves, &loss, "autoencoder", stage.steps, start, progress)?;
+    }
+    Ok(params.tensors().clone())
+}
+
+/// The posterior means of every image of `data` under `vae`, unscaled, flat
+/// in the data's order, with the latent shape (c, h, w).
+pub fn encode_means(vae: &AutoencoderKL, data: &ImageCaptions, device: &Device) -> Result<(Vec<f32>, [usize; 3])> {
+    let _no_grad = no_grad();
+    let mut out = Vec::new();
+    let mut dims = [0; 3];
+    let idx: Vec<usize> = (0..data.len()).collect();
+    for chunk in idx.chunks(256) {
+        let (mean, _) = vae.encode(&data.batch(chunk, device)?)?;
+        dims.copy_from_slice(&mean.dims()[1..]);
+        out.extend(mean.to_dtype(DType::F32)?.to_vec_f32()?);
+    }
+    Ok((out, dims))
+}
+
+/// The denoiser's models: diffusers' UNet config, transformers' text encoder
+/// config, the tokenizer, and ᾱ of the training noise schedule.
+pub struct DenoiserModels<'a> {
+    pub unet_config: &'a Path,
+    pub text_encoder_config: &'a Path,
+    pub tokenizer: &'a ClipTokenizer,
+    pub alphas_cumprod: &'a [f32],
+}
+
+#[derive(Clone, Debug)]
+pub struct DenoiserConfig {
+    pub stage: StageConfig,
+    /// The fraction of captions replaced by the empty caption.
+    pub caption_dropout: f32,
+}
+
+/// Latents already multiplied by the autoencoder's scaling factor, flat, with
+/// their shape (c, h, w) and one caption each.
+pub struct LatentCaptions<'a> {
+    pub latents: &'a [f32],
+    pub dims: [usize; 3],
+    pub captions: &'a [String],
+}
+
+/// Trains the text encoder (parameters under `text_encoder.`) and the UNet
+/// (under `unet.`) of `init` together; returns their parameters.
+pub fn train_denoiser(
+    models: &DenoiserModels,
+    init: BTreeMap<String, Tensor>,
+    data: &LatentCaptions,
+    config: &DenoiserConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<BTreeMap<String, Tensor>> {
+    let stage = &config.stage;
+    let mut params = stage.parameters(init)?;
+    let mut rng = Rng::new(stage.seed);
+    let start = Instant::now();
+    let per: usize = data.dims.iter().product();
+    let n = data.captions.len();
+    let train_steps = models.alphas_cumprod.len();
+    let empty = models.tokenizer.encode("")?;
+    let seq = empty.len();
+    while (params.steps() as usize) < stage.steps {
+        let idx = stage.batch_indices(&mut rng, n);
+        let mut ids = Vec::with_capacity(idx.len() * seq);
+        let (mut noisy, mut eps, mut timesteps) = (Vec::new(), Vec::new(), Vec::new());
+        for &i in &idx {
+            if rng.uniform() < config.caption_dropout {
+                ids.extend(&empty);
+            } else {
+                ids.extend(models.tokenizer.encode(&data.captions[i])?);
+            }
+            let t = rng.below(train_steps as u32) as usize;
+            let abar = models.alphas_cumprod[t];
+            let (a, s) = (abar.sqrt(), (1.0 - abar).sqrt());
+            for &x0 in &data.latents[i * per..(i + 1) * per] {
+                let e = rng.normal();
+                noisy.push(a * x0 + s * e);
+                eps.push(e);
+            }
+            timesteps.push(t as f32);
+        }
+        let shape = [idx.len(), data.dims[0], data.dims[1], data.dims[2]];
+        let noisy = Tensor::from_f32(noisy, shape, device)?.to_dtype(stage.dtype)?;
+        let eps = Tensor::from_f32(eps, shape, device)?;
+        let ids = Tensor::from_u32(ids, [idx.len(), seq], device)?;
+
+        let leaves = params.leaves();
+        let w = Weights::from_tensors("world-sd", leaves.clone(), stage.dtype, device);
+        let text = ClipTextModel::from_weights(models.text_encoder_config, w.pp("text_encoder"))?;
+        let unet = UNet2DConditionModel::from_weights(models.unet_config, &w.pp("unet"))?;
+        let context = text.forward(&ids)?;
+        let pred = unet.forward(&noisy, &timesteps, &context)?;
+        let loss = mse(&pred.to_dtype(DType::F32)?, &eps)?;
+        params.minimize(&leaves, &loss, "denoiser", stage.steps, start, progress)?;
+    }
+    Ok(params.tensors().clone())
+}
