@@ -6,6 +6,7 @@ mod generate;
 mod info;
 mod train;
 mod world;
+mod world_models;
 
 use std::process::ExitCode;
 
@@ -105,7 +106,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args, &device),
         Command::Classify(args) => classify::run(args, &device),
         Command::Train(command) => train::run(command, &device),
-        Command::World(command) => world::run(command),
+        Command::World(command) => world::run(command, &device),
     }
 }
 

@@ -6,11 +6,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use foil::models::resnet::{resnet_init, ResNetArch};
+use foil::models::resnet::{resnet_init, ResNetArch, Stem};
 use foil::nn::is_batch_norm_buffer;
 use foil::train::checkpoint::read_tensors;
 use foil::train::classifier::{ClassifierTrainer, OptimizerKind, Progress, TrainConfig};
 use foil::train::data::Dataset;
+use foil::world::groups::group_accuracy;
+use foil::world::{Split, World, WorldConfig};
 use foil::{DType, Device, Error, Result, Rng, Tensor};
 
 use super::{dtype_or, DTypeArg};
@@ -18,7 +20,11 @@ use super::{dtype_or, DTypeArg};
 #[derive(Subcommand)]
 pub enum TrainCommand {
     /// Train or fine-tune a ResNet classifier (torchvision names) on labelled images.
-    Classifier(ClassifierArgs),
+    Classifier(Box<ClassifierArgs>),
+    /// Train the world's miniature Stable Diffusion (tokenizer, text encoder, autoencoder, UNet) from scratch.
+    WorldSd(super::world_models::WorldSdArgs),
+    /// Train the world's oracle: a multi-head attribute classifier that measures generated images.
+    Oracle(super::world_models::OracleArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -35,11 +41,19 @@ enum OptimizerArg {
   foil train classifier --generated 2000 --steps 600 --resume run.ckpt.safetensors --out stripes.safetensors")]
 pub struct ClassifierArgs {
     /// An image folder: one sub-folder of PNGs per class (class indices in sorted name order).
-    #[arg(long, value_name = "DIR", conflicts_with = "generated", required_unless_present = "generated")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["generated", "world"],
+          required_unless_present_any = ["generated", "world"])]
     data: Option<PathBuf>,
     /// Instead of --data, N images of a generated four-class task (stripe orientation).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "world")]
     generated: Option<usize>,
+    /// Instead of --data, renders of a world config's training split (its tied factor follows the
+    /// label); held out: its balanced validation split; at the end, accuracy by group on its test split.
+    #[arg(long, value_name = "CONFIG")]
+    world: Option<PathBuf>,
+    /// With --world: training renders (validation: a tenth as many; test: a fifth).
+    #[arg(long, value_name = "N", default_value_t = 4000)]
+    world_images: usize,
     /// Images are resized to S×S (default: 224 for --data, 32 for --generated).
     #[arg(long, value_name = "S")]
     image_size: Option<usize>,
@@ -49,6 +63,10 @@ pub struct ClassifierArgs {
     /// resnet18, resnet34, resnet50 or resnet101.
     #[arg(long, value_name = "ARCH", default_value = "resnet18")]
     arch: ResNetArch,
+    /// The first layer of a fresh model: imagenet (torchvision's 7×7 stride-2 conv and max-pool) or
+    /// small (3×3 stride-1 conv, no pool: for images of 32×32 or so).
+    #[arg(long, value_name = "STEM", default_value = "imagenet")]
+    stem: Stem,
     /// Width of the first stage of a freshly initialised model (torchvision: 64; stages double it).
     #[arg(long, value_name = "W", default_value_t = 64)]
     width: usize,
@@ -111,7 +129,9 @@ pub struct ClassifierArgs {
 
 pub fn run(command: TrainCommand, device: &Device) -> Result<()> {
     match command {
-        TrainCommand::Classifier(args) => classifier(args, device),
+        TrainCommand::Classifier(args) => classifier(*args, device),
+        TrainCommand::WorldSd(args) => super::world_models::world_sd(args, device),
+        TrainCommand::Oracle(args) => super::world_models::oracle(args, device),
     }
 }
 
@@ -124,13 +144,24 @@ fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
     if !(0.0..1.0).contains(&args.val_fraction) {
         return Err(Error::Usage(format!("--val-fraction {} must be in [0, 1)", args.val_fraction)));
     }
-    let data = match (&args.data, args.generated) {
-        (Some(dir), _) => Dataset::from_folder(dir, args.image_size.unwrap_or(224))?,
-        (None, Some(n)) => Dataset::stripes(n, args.image_size.unwrap_or(32), args.seed),
-        (None, None) => return Err(Error::Usage("give --data DIR or --generated N".into())),
+    let world = match &args.world {
+        Some(file) => Some(World::new(WorldConfig::from_file(file)?)),
+        None => None,
     };
-    let classes = data.classes().to_vec();
-    let (train, held_out) = data.split(args.val_fraction, args.seed);
+    let (train, held_out) = match (&args.data, args.generated, &world) {
+        (Some(dir), _, _) => {
+            Dataset::from_folder(dir, args.image_size.unwrap_or(224))?.split(args.val_fraction, args.seed)
+        }
+        (None, Some(n), _) => {
+            Dataset::stripes(n, args.image_size.unwrap_or(32), args.seed).split(args.val_fraction, args.seed)
+        }
+        (None, None, Some(world)) => (
+            world.dataset(Split::Train, args.world_images, args.seed)?.0,
+            world.dataset(Split::Validation, (args.world_images / 10).max(1), args.seed)?.0,
+        ),
+        (None, None, None) => return Err(Error::Usage("give --data DIR, --generated N or --world CONFIG".into())),
+    };
+    let classes = train.classes().to_vec();
     if train.is_empty() {
         return Err(Error::Usage("no training images left after the held-out split".into()));
     }
@@ -160,7 +191,7 @@ fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
             let mut rng = Rng::new(args.seed);
             let tensors = match &args.init {
                 Some(file) => with_head_for(read_tensors(file, &Device::Cpu)?, classes.len(), &mut rng)?,
-                None => resnet_init(args.arch, args.width, classes.len(), &mut rng)?,
+                None => resnet_init(args.arch, args.stem, args.width, classes.len(), &mut rng)?,
             };
             ClassifierTrainer::new(config, tensors, device)?
         }
@@ -203,6 +234,19 @@ fn classifier(args: ClassifierArgs, device: &Device) -> Result<()> {
         outcome.final_loss,
         100.0 * outcome.final_accuracy
     );
+    if let Some(world) = &world {
+        let (test, scenes) = world.dataset(Split::Test, (args.world_images / 5).max(1), args.seed)?;
+        let groups = group_accuracy(world, &scenes, &trainer.predict(&test)?);
+        println!(
+            "balanced test split ({} images): average accuracy {:.1}%, worst-group accuracy {:.1}%",
+            test.len(),
+            100.0 * groups.average(),
+            100.0 * groups.worst()
+        );
+        for g in &groups.groups {
+            println!("  {:<24} {:>5.1}%  ({}/{})", g.name, 100.0 * g.accuracy(), g.correct, g.total);
+        }
+    }
     Ok(())
 }
 

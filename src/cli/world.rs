@@ -7,14 +7,20 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use foil::diffusion::pipeline::StableDiffusion;
+use foil::models::resnet::ResNetArch;
 use foil::tensor::image::write_png;
+use foil::world::measure::{measure as measure_generator, EditRates, MeasureConfig};
+use foil::world::oracle::Oracle;
 use foil::world::{Split, World, WorldConfig, FACTORS};
-use foil::{Device, Error, Result, Tensor};
+use foil::{DType, Device, Error, Result, Tensor};
 
 #[derive(Subcommand)]
 pub enum WorldCommand {
     /// Render N scenes of a split as PNGs, with metadata.csv (file, caption, label, every factor).
     Render(RenderArgs),
+    /// Measure a world generator with the oracle: fidelity to captions, counterfactual edits, image-to-image.
+    Measure(MeasureArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,9 +50,10 @@ pub struct RenderArgs {
     out: PathBuf,
 }
 
-pub fn run(command: WorldCommand) -> Result<()> {
+pub fn run(command: WorldCommand, device: &Device) -> Result<()> {
     match command {
         WorldCommand::Render(args) => render(args),
+        WorldCommand::Measure(args) => measure(args, device),
     }
 }
 
@@ -78,5 +85,91 @@ fn render(args: RenderArgs) -> Result<()> {
     let path = args.out.join("metadata.csv");
     foil::tensor::write_text_atomically(&path, &csv)?;
     println!("wrote {} images and {}", args.n, path.display());
+    Ok(())
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  foil world measure --model weights/world-sd --oracle weights/world-oracle.safetensors
+  foil world measure --model weights/world-sd --oracle weights/world-oracle.safetensors --scenes 100 --guidance 3")]
+pub struct MeasureArgs {
+    /// The world generator (a diffusers pipeline folder).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// The world's oracle (from foil train oracle).
+    #[arg(long, value_name = "FILE")]
+    oracle: PathBuf,
+    #[arg(long, value_enum, default_value = "resnet18")]
+    oracle_arch: ResNetArch,
+    /// A world config (JSON); default: the shipped world.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Captions measured; each also makes one counterfactual pair (the factor changed cycles through all).
+    #[arg(long, value_name = "N", default_value_t = MeasureConfig::default().scenes)]
+    scenes: usize,
+    #[arg(long, value_name = "N", default_value_t = MeasureConfig::default().steps)]
+    steps: usize,
+    #[arg(long, value_name = "G", default_value_t = MeasureConfig::default().guidance)]
+    guidance: f32,
+    /// Image-to-image strengths, comma-separated.
+    #[arg(long, value_name = "S,S,...", value_delimiter = ',', default_values_t = MeasureConfig::default().strengths)]
+    strengths: Vec<f32>,
+    #[arg(long, value_name = "N", default_value_t = MeasureConfig::default().batch)]
+    batch: usize,
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+}
+
+fn measure(args: MeasureArgs, device: &Device) -> Result<()> {
+    if args.scenes == 0 || args.batch == 0 {
+        return Err(Error::Usage("--scenes and --batch must be at least 1".into()));
+    }
+    let world = World::new(match &args.config {
+        Some(file) => WorldConfig::from_file(file)?,
+        None => WorldConfig::default(),
+    });
+    let sd = StableDiffusion::load(&args.model, DType::F32, device)?;
+    let oracle = Oracle::load(&args.oracle, args.oracle_arch, &world, device)?;
+    let config = MeasureConfig {
+        scenes: args.scenes,
+        steps: args.steps,
+        guidance: args.guidance,
+        strengths: args.strengths.clone(),
+        batch: args.batch,
+        seed: args.seed,
+    };
+    let m = measure_generator(&sd, &oracle, &world, &config, device)?;
+    println!(
+        "{}: {} captions, {} steps, guidance {}; {} images in {:.0} s on {device}",
+        args.model.display(),
+        args.scenes,
+        args.steps,
+        args.guidance,
+        m.images,
+        m.seconds
+    );
+    let fidelity: Vec<String> = FACTORS.iter().zip(m.fidelity).map(|(f, r)| format!("{f} {:.1}%", 100.0 * r)).collect();
+    println!(
+        "fidelity (oracle reads the caption's value): {}; every factor {:.1}%",
+        fidelity.join(", "),
+        100.0 * m.fidelity_all
+    );
+    let table = |rows: &[EditRates]| {
+        for r in rows {
+            println!(
+                "  {:<11} {:>4} pairs  edit success {:>5.1}%  preservation {:>5.1}%",
+                r.factor,
+                r.pairs,
+                100.0 * r.success,
+                100.0 * r.preservation
+            );
+        }
+    };
+    println!("counterfactual pairs (same noise, one phrase changed):");
+    table(&m.pairs);
+    for (strength, rows) in &m.img2img {
+        println!("image-to-image from the render at strength {strength} (preservation against the scene):");
+        table(rows);
+    }
     Ok(())
 }

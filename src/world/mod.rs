@@ -6,8 +6,12 @@
 //! validation / test (exactly balanced over the groups label × tied factor).
 
 mod config;
+pub mod groups;
+pub mod measure;
+pub mod oracle;
 mod render;
 mod scene;
+pub mod sd;
 
 pub use config::{Tie, WorldConfig};
 pub use render::{Background, Shape};
@@ -35,6 +39,11 @@ impl World {
 
     pub fn config(&self) -> &WorldConfig {
         &self.config
+    }
+
+    /// This world with no factor tied to another (every factor drawn independently in every split).
+    pub fn balanced(&self) -> World {
+        World::new(WorldConfig { tie: None, ..self.config.clone() })
     }
 
     /// The value names of `factor` (an index into [`FACTORS`]).

@@ -1,0 +1,82 @@
+//! A world's data sets for classifiers, and accuracy by group (label × tied
+//! factor, as Waterbirds reports it): the average over images and the worst group.
+
+use super::{oracle::render_batch, Scene, Split, World, FACTORS};
+use crate::device::Device;
+use crate::error::Result;
+use crate::train::data::Dataset;
+
+impl World {
+    /// `n` scenes of `split` rendered and labelled with the label factor, and the scenes.
+    pub fn dataset(&self, split: Split, n: usize, seed: u64) -> Result<(Dataset, Vec<Scene>)> {
+        let scenes = self.sample(split, n, seed);
+        let pixels = render_batch(self, &scenes, &Device::Cpu)?.to_vec_f32()?;
+        let labels = scenes.iter().map(|s| self.label(s) as u32).collect();
+        let classes = self.values(self.config().label).to_vec();
+        Ok((Dataset::from_pixels(pixels, labels, self.config().size, classes)?, scenes))
+    }
+}
+
+/// One group's count of images and of correct predictions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    /// "circle / water": the label's value and the tied factor's.
+    pub name: String,
+    pub correct: usize,
+    pub total: usize,
+}
+
+impl Group {
+    pub fn accuracy(&self) -> f32 {
+        self.correct as f32 / self.total.max(1) as f32
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupAccuracy {
+    pub groups: Vec<Group>,
+}
+
+impl GroupAccuracy {
+    /// Accuracy over all images.
+    pub fn average(&self) -> f32 {
+        let correct: usize = self.groups.iter().map(|g| g.correct).sum();
+        let total: usize = self.groups.iter().map(|g| g.total).sum();
+        correct as f32 / total.max(1) as f32
+    }
+
+    /// The lowest accuracy of a group with images.
+    pub fn worst(&self) -> f32 {
+        self.groups.iter().filter(|g| g.total > 0).map(Group::accuracy).fold(1.0, f32::min)
+    }
+}
+
+/// Accuracy per group of `scenes` for `predictions` (a class each). Groups are
+/// label × tied factor, or the labels alone when the world ties nothing.
+pub fn group_accuracy(world: &World, scenes: &[Scene], predictions: &[u32]) -> GroupAccuracy {
+    let c = world.config();
+    let labels = world.values(c.label);
+    let tied = c.tie.map(|(f, _)| f);
+    let per_label = tied.map_or(1, |f| world.values(f).len());
+    let mut groups: Vec<Group> = (0..labels.len() * per_label)
+        .map(|g| {
+            let name = match tied {
+                Some(f) => format!("{} / {}", labels[g / per_label], world.values(f)[g % per_label]),
+                None => labels[g].clone(),
+            };
+            Group { name, correct: 0, total: 0 }
+        })
+        .collect();
+    for (scene, &p) in scenes.iter().zip(predictions) {
+        let label = world.label(scene);
+        let g = label * per_label + tied.map_or(0, |f| scene.values[f]);
+        groups[g].total += 1;
+        groups[g].correct += usize::from(p as usize == label);
+    }
+    GroupAccuracy { groups }
+}
+
+/// The name of the factor a world ties to its label, if any.
+pub fn tied_factor(world: &World) -> Option<&'static str> {
+    world.config().tie.map(|(f, _)| FACTORS[f])
+}

@@ -1,0 +1,166 @@
+//! Measures of a world generator, read by the oracle on images of captions
+//! whose factors are known:
+//! - fidelity: per factor, the fraction of images from a caption whose oracle
+//!   reading is the caption's value (and the fraction right on every factor);
+//! - counterfactual pairs from the same initial noise with one caption phrase
+//!   changed: edit success (the changed factor reads as the new value) and
+//!   preservation (every other factor reads as in the factual image);
+//! - the same edits by image-to-image from the rendered scene at a strength,
+//!   where preservation is judged against the scene's true values.
+
+use std::time::Instant;
+
+use super::oracle::{render_batch, Oracle, Reading};
+use super::{Scene, Split, World, FACTORS};
+use crate::device::Device;
+use crate::diffusion::pipeline::{GenerateRequest, InitialNoise, StableDiffusion};
+use crate::error::Result;
+use crate::tensor::{Rng, Tensor};
+
+#[derive(Clone, Debug)]
+pub struct MeasureConfig {
+    /// Scenes (captions) measured; each also gives one counterfactual pair.
+    pub scenes: usize,
+    pub steps: usize,
+    pub guidance: f32,
+    /// Image-to-image strengths.
+    pub strengths: Vec<f32>,
+    /// Images generated per batch.
+    pub batch: usize,
+    pub seed: u64,
+}
+
+impl Default for MeasureConfig {
+    fn default() -> MeasureConfig {
+        MeasureConfig { scenes: 300, steps: 25, guidance: 5.0, strengths: vec![0.5, 0.7, 0.9], batch: 50, seed: 0 }
+    }
+}
+
+/// Edit success and preservation of the pairs that changed one factor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EditRates {
+    pub factor: &'static str,
+    pub pairs: usize,
+    pub success: f32,
+    pub preservation: f32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Measures {
+    /// Per factor in [`FACTORS`] order.
+    pub fidelity: [f32; FACTORS.len()],
+    /// Every factor right at once.
+    pub fidelity_all: f32,
+    /// Text-to-image pairs, per changed factor.
+    pub pairs: Vec<EditRates>,
+    /// Image-to-image edits: the strength and its rates per changed factor.
+    pub img2img: Vec<(f32, Vec<EditRates>)>,
+    pub images: usize,
+    pub seconds: f64,
+}
+
+/// Measures `sd` on `world` with `oracle`.
+pub fn measure(
+    sd: &StableDiffusion,
+    oracle: &Oracle,
+    world: &World,
+    config: &MeasureConfig,
+    device: &Device,
+) -> Result<Measures> {
+    let start = Instant::now();
+    let world = world.balanced();
+    let scenes = world.sample(Split::Test, config.scenes, config.seed);
+    let mut rng = Rng::new(config.seed ^ 0x6564_6974);
+    // Scene i changes factor i mod 5 to another of its values, uniformly.
+    let edits: Vec<(usize, usize)> = scenes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let f = i % FACTORS.len();
+            let n = world.values(f).len();
+            (f, (s.values[f] + 1 + rng.below(n as u32 - 1) as usize) % n)
+        })
+        .collect();
+    let edited: Vec<Scene> = scenes.iter().zip(&edits).map(|(s, &(f, v))| s.with(f, v)).collect();
+    let captions: Vec<String> = scenes.iter().map(|s| world.caption(s)).collect();
+    let edited_captions: Vec<String> = edited.iter().map(|s| world.caption(s)).collect();
+    let [c, h, w] = sd.latent_dims(world.config().size)?;
+    let noise: Vec<Tensor> = (0..scenes.len())
+        .map(|i| Tensor::randn([1, c, h, w], &mut Rng::new(config.seed.wrapping_add(i as u64)), device))
+        .collect::<Result<_>>()?;
+    let mut images = 0;
+    let mut generate = |prompts: &[String], init: Option<(&[Scene], f32)>| -> Result<Vec<Reading>> {
+        let mut readings = Vec::with_capacity(prompts.len());
+        for start in (0..prompts.len()).step_by(config.batch.max(1)) {
+            let end = (start + config.batch.max(1)).min(prompts.len());
+            let refs: Vec<&Tensor> = noise[start..end].iter().collect();
+            let init_image = match init {
+                Some((source, strength)) => Some((render_batch(&world, &source[start..end], device)?, strength)),
+                None => None,
+            };
+            let request = GenerateRequest {
+                prompt: String::new(),
+                negative_prompt: String::new(),
+                steps: config.steps,
+                guidance: config.guidance,
+                scheduler: None,
+                noise: InitialNoise::Given { latents: Tensor::cat(&refs, 0)?, encoder_noise: None },
+                batch: end - start,
+                size: None,
+                init_image,
+            };
+            readings.extend(oracle.read(&sd.generate_prompts(&prompts[start..end], &request)?)?);
+            images += end - start;
+        }
+        Ok(readings)
+    };
+
+    let factual = generate(&captions, None)?;
+    let counterfactual = generate(&edited_captions, None)?;
+    let mut img2img = Vec::new();
+    for &strength in &config.strengths {
+        let readings = generate(&edited_captions, Some((&scenes, strength)))?;
+        let truth: Vec<Reading> = scenes.iter().map(|s| s.values).collect();
+        img2img.push((strength, edit_rates(&edits, &truth, &readings)));
+    }
+
+    let mut fidelity = [0.0; FACTORS.len()];
+    for (f, rate) in fidelity.iter_mut().enumerate() {
+        *rate = fraction(factual.iter().zip(&scenes).map(|(r, s)| r[f] == s.values[f]));
+    }
+    let fidelity_all = fraction(factual.iter().zip(&scenes).map(|(r, s)| *r == s.values));
+    Ok(Measures {
+        fidelity,
+        fidelity_all,
+        pairs: edit_rates(&edits, &factual, &counterfactual),
+        img2img,
+        images,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Per changed factor: how often `after` reads the new value, and how often
+/// every other factor reads as in `before`.
+fn edit_rates(edits: &[(usize, usize)], before: &[Reading], after: &[Reading]) -> Vec<EditRates> {
+    (0..FACTORS.len())
+        .filter_map(|f| {
+            let pairs: Vec<usize> = (0..edits.len()).filter(|&i| edits[i].0 == f).collect();
+            if pairs.is_empty() {
+                return None;
+            }
+            let success = fraction(pairs.iter().map(|&i| after[i][f] == edits[i].1));
+            let kept = |i: usize| (0..FACTORS.len()).all(|g| g == f || after[i][g] == before[i][g]);
+            let preservation = fraction(pairs.iter().map(|&i| kept(i)));
+            Some(EditRates { factor: FACTORS[f], pairs: pairs.len(), success, preservation })
+        })
+        .collect()
+}
+
+fn fraction(hits: impl Iterator<Item = bool>) -> f32 {
+    let (mut yes, mut all) = (0usize, 0usize);
+    for hit in hits {
+        yes += usize::from(hit);
+        all += 1;
+    }
+    yes as f32 / all.max(1) as f32
+}
