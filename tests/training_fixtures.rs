@@ -109,14 +109,7 @@ fn optimize(
         let leaves = tracked(&current);
         let loss = loss_of(&leaves);
         let g = backward(&loss).unwrap();
-        let grads: Vec<Tensor> = names
-            .iter()
-            .map(|n| {
-                g.get(&leaves[n])
-                    .cloned()
-                    .unwrap_or_else(|| Tensor::zeros(current[n].dims().to_vec(), DType::F32, &CPU).unwrap())
-            })
-            .collect();
+        let grads = g.for_leaves(names.iter().map(|n| &leaves[n])).unwrap();
         let stats = opt.step(&grads, if norms { 1e-3 } else { 0.05 }).unwrap();
         if norms {
             let want_norm = want.f32(&format!("adamw.grad_norm.{step}")).to_vec_f32().unwrap()[0];

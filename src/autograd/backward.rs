@@ -24,6 +24,18 @@ impl Gradients {
         leaf.node().and_then(|n| self.by_leaf.get(&n.id()))
     }
 
+    /// The gradient of each of `leaves`, in order, zeros (of the leaf's shape and
+    /// dtype) for a leaf the loss does not depend on: what an optimizer step takes.
+    pub fn for_leaves<'a>(&self, leaves: impl IntoIterator<Item = &'a Tensor>) -> Result<Vec<Tensor>> {
+        leaves
+            .into_iter()
+            .map(|leaf| match self.get(leaf) {
+                Some(g) => Ok(g.clone()),
+                None => Tensor::zeros(leaf.dims().to_vec(), leaf.dtype(), &leaf.device()),
+            })
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_leaf.len()
     }

@@ -203,14 +203,7 @@ impl ClassifierTrainer {
         if !loss_value.is_finite() {
             return Err(Error::Training(format!("the loss is {loss_value} at step {}", self.step + 1)));
         }
-        let grads = backward(&loss)?;
-        let grads: Vec<Tensor> = leaves
-            .iter()
-            .map(|leaf| match grads.get(leaf) {
-                Some(g) => Ok(g.clone()),
-                None => Tensor::zeros(leaf.dims().to_vec(), leaf.dtype(), &self.device),
-            })
-            .collect::<Result<_>>()?;
+        let grads = backward(&loss)?.for_leaves(&leaves)?;
         let lr = self.schedule().lr(self.step as u64);
         let stats_out = self.optimizer.step(&grads, lr)?;
         self.refresh_params()?;

@@ -51,14 +51,7 @@ impl Parameters {
     /// One AdamW step with the gradients `grads` holds for `leaves` (as
     /// [`Parameters::leaves`] gave them); a leaf the loss did not reach gets zero.
     pub fn update(&mut self, leaves: &BTreeMap<String, Tensor>, grads: &Gradients) -> Result<StepStats> {
-        let grads: Vec<Tensor> = self
-            .names
-            .iter()
-            .map(|name| match grads.get(&leaves[name]) {
-                Some(g) => Ok(g.clone()),
-                None => Tensor::zeros(leaves[name].dims().to_vec(), leaves[name].dtype(), &leaves[name].device()),
-            })
-            .collect::<Result<_>>()?;
+        let grads = grads.for_leaves(self.names.iter().map(|name| &leaves[name]))?;
         let stats = self.optimizer.step(&grads, self.lr())?;
         for (name, value) in self.names.iter().zip(self.optimizer.params()?) {
             self.tensors.insert(name.clone(), value);
