@@ -103,6 +103,12 @@ impl StableDiffusion {
         })
     }
 
+    /// The text embeddings of `text` repeated `batch` times, encoded once.
+    fn embed_repeated(&self, text: &str, batch: usize) -> Result<Tensor> {
+        let one = self.embed(&[text.to_string()])?;
+        Tensor::cat(&vec![&one; batch], 0)
+    }
+
     /// The text embeddings of `texts`, one row each: (n, max_len, dim).
     fn embed(&self, texts: &[String]) -> Result<Tensor> {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -148,19 +154,15 @@ impl StableDiffusion {
 
         // Guidance as diffusers: only above 1, and then the unconditional pass first.
         let guided = req.guidance > 1.0;
-        let prompts = match prompts {
+        let cond = match prompts {
             Some(p) if p.len() != batch => {
                 return Err(Error::Usage(format!("{} prompts for initial noise of {batch} latents", p.len())))
             }
-            Some(p) => p.to_vec(),
-            None => vec![req.prompt.clone(); batch],
+            Some(p) => self.embed(p)?,
+            None => self.embed_repeated(&req.prompt, batch)?,
         };
-        let cond = self.embed(&prompts)?;
-        let context = if guided {
-            Tensor::cat(&[&self.embed(&vec![req.negative_prompt.clone(); batch])?, &cond], 0)?
-        } else {
-            cond
-        };
+        let context =
+            if guided { Tensor::cat(&[&self.embed_repeated(&req.negative_prompt, batch)?, &cond], 0)? } else { cond };
 
         let (mut latents, first) = match &req.init_image {
             None => (noise.scale(scheduler.init_noise_sigma())?, 0),
@@ -187,25 +189,19 @@ impl StableDiffusion {
         self.decode(&latents)
     }
 
-    /// The shape (C, h, w) of one image's initial noise at `size`×`size` pixels.
-    pub fn latent_dims(&self, size: usize) -> Result<[usize; 3]> {
+    /// The shape (C, h, w) of one image's initial noise at `(height, width)` pixels.
+    pub fn latent_dims(&self, (h, w): (usize, usize)) -> Result<[usize; 3]> {
         let ds = self.vae.downscale();
-        if size == 0 || !size.is_multiple_of(ds) {
-            return Err(Error::Usage(format!("image size {size} must be a non-zero multiple of {ds}")));
+        if h == 0 || w == 0 || !h.is_multiple_of(ds) || !w.is_multiple_of(ds) {
+            return Err(Error::Usage(format!("image size {h}x{w} must be a non-zero multiple of {ds}")));
         }
-        Ok([self.unet.in_channels(), size / ds, size / ds])
+        Ok([self.unet.in_channels(), h / ds, w / ds])
     }
 
     /// (N, C, h, w) of the latents: from the given noise, else from the size.
     fn latent_shape(&self, req: &GenerateRequest, prompts: Option<usize>) -> Result<Vec<usize>> {
         let ds = self.vae.downscale();
         let c = self.unet.in_channels();
-        let from_size = |(h, w): (usize, usize)| -> Result<(usize, usize)> {
-            if h == 0 || w == 0 || h % ds != 0 || w % ds != 0 {
-                return Err(Error::Usage(format!("image size {h}x{w} must be a non-zero multiple of {ds}")));
-            }
-            Ok((h / ds, w / ds))
-        };
         let image_size = req.init_image.as_ref().map(|(img, _)| (img.dims()[2], img.dims()[3]));
         match &req.noise {
             InitialNoise::Given { latents, .. } => {
@@ -214,7 +210,7 @@ impl StableDiffusion {
                     return Err(Error::Usage(format!("initial noise {} must be (N, {c}, h, w)", latents.shape())));
                 }
                 if let Some(size) = req.size.or(image_size) {
-                    if from_size(size)? != (d[2], d[3]) {
+                    if self.latent_dims(size)?[1..] != d[2..] {
                         return Err(Error::Usage(format!(
                             "initial noise {} does not match {size:?} pixels",
                             latents.shape()
@@ -228,7 +224,7 @@ impl StableDiffusion {
                 let Some(size) = req.size.or(image_size).or(default) else {
                     return Err(Error::Usage("the UNet config has no sample_size: give --height and --width".into()));
                 };
-                let (h, w) = from_size(size)?;
+                let [_, h, w] = self.latent_dims(size)?;
                 Ok(vec![prompts.unwrap_or(req.batch).max(1), c, h, w])
             }
         }
