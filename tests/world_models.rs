@@ -18,7 +18,7 @@ use foil::world::groups::group_accuracy;
 use foil::world::oracle::{factor_accuracy, Oracle};
 use foil::world::sd::{train_world_sd, WorldSdConfig};
 use foil::world::{Split, World, WorldConfig, FACTORS};
-use foil::{DType, Device, Tensor};
+use foil::{DType, Device};
 
 const CPU: Device = Device::Cpu;
 
@@ -34,12 +34,6 @@ fn shipped(name: &str) -> PathBuf {
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/world-sd").join(name)
-}
-
-fn images(world: &World, scenes: &[foil::world::Scene]) -> Tensor {
-    let s = world.config().size;
-    let pixels: Vec<f32> = scenes.iter().flat_map(|scene| world.render(scene)).collect();
-    Tensor::from_f32(pixels, [scenes.len(), 3, s, s], &CPU).unwrap()
 }
 
 #[test]
@@ -125,7 +119,7 @@ fn the_shipped_oracle_reads_renders() {
     let world = World::new(WorldConfig::default());
     let oracle = Oracle::load(&shipped("world-oracle.safetensors"), ResNetArch::ResNet18, &world, &CPU).unwrap();
     let scenes = world.balanced().sample(Split::Test, 200, 11);
-    let accuracy = factor_accuracy(&oracle.read(&images(&world, &scenes)).unwrap(), &scenes);
+    let accuracy = factor_accuracy(&oracle.read(&world.render_batch(&scenes, &CPU).unwrap()).unwrap(), &scenes);
     for (f, a) in FACTORS.iter().zip(accuracy) {
         assert!(a >= 0.95, "the oracle reads {f} on {:.1}% of fresh renders", 100.0 * a);
     }

@@ -57,12 +57,21 @@ pub fn run(command: WorldCommand, device: &Device) -> Result<()> {
     }
 }
 
-fn render(args: RenderArgs) -> Result<()> {
-    let config = match &args.config {
+/// The world of `--config FILE`, or the shipped world.
+pub(super) fn world_of(config: &Option<PathBuf>) -> Result<World> {
+    Ok(World::new(match config {
         Some(file) => WorldConfig::from_file(file)?,
         None => WorldConfig::default(),
-    };
-    let world = World::new(config);
+    }))
+}
+
+/// "shape 97.3%, colour 100.0%, ...": a rate for each factor.
+pub(super) fn factor_rates(rates: &[f32; FACTORS.len()]) -> String {
+    FACTORS.iter().zip(rates).map(|(f, r)| format!("{f} {:.1}%", 100.0 * r)).collect::<Vec<_>>().join(", ")
+}
+
+fn render(args: RenderArgs) -> Result<()> {
+    let world = world_of(&args.config)?;
     let split = match args.split {
         SplitArg::Train => Split::Train,
         SplitArg::Validation => Split::Validation,
@@ -124,10 +133,7 @@ fn measure(args: MeasureArgs, device: &Device) -> Result<()> {
     if args.scenes == 0 || args.batch == 0 {
         return Err(Error::Usage("--scenes and --batch must be at least 1".into()));
     }
-    let world = World::new(match &args.config {
-        Some(file) => WorldConfig::from_file(file)?,
-        None => WorldConfig::default(),
-    });
+    let world = world_of(&args.config)?;
     let sd = StableDiffusion::load(&args.model, DType::F32, device)?;
     let oracle = Oracle::load(&args.oracle, args.oracle_arch, &world, device)?;
     let config = MeasureConfig {
@@ -148,10 +154,9 @@ fn measure(args: MeasureArgs, device: &Device) -> Result<()> {
         m.images,
         m.seconds
     );
-    let fidelity: Vec<String> = FACTORS.iter().zip(m.fidelity).map(|(f, r)| format!("{f} {:.1}%", 100.0 * r)).collect();
     println!(
         "fidelity (oracle reads the caption's value): {}; every factor {:.1}%",
-        fidelity.join(", "),
+        factor_rates(&m.fidelity),
         100.0 * m.fidelity_all
     );
     let table = |rows: &[EditRates]| {

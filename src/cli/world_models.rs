@@ -13,9 +13,9 @@ use foil::tensor::safetensors;
 use foil::train::classifier::Progress;
 use foil::world::oracle::{train_oracle, OracleConfig};
 use foil::world::sd::{train_world_sd, WorldSdConfig};
-use foil::world::{World, WorldConfig, FACTORS};
 use foil::{DType, Device, Error, Result, Tensor};
 
+use super::world::{factor_rates, world_of};
 use super::{dtype_or, DTypeArg};
 
 #[derive(Args)]
@@ -104,13 +104,6 @@ pub fn world_sd(args: WorldSdArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-fn world_of(config: &Option<PathBuf>) -> Result<World> {
-    Ok(World::new(match config {
-        Some(file) => WorldConfig::from_file(file)?,
-        None => WorldConfig::default(),
-    }))
-}
-
 /// One progress line every `every` steps and at the last, to stderr.
 fn log(stage: &str, every: usize, p: &Progress) {
     if p.step.is_multiple_of(every.max(1)) || p.step == p.steps {
@@ -177,13 +170,10 @@ pub fn oracle(args: OracleArgs, device: &Device) -> Result<()> {
         train_oracle(&world, &config, vae.as_ref(), device, &mut |p: &Progress| log("oracle", args.log_every, p))?;
     let refs: Vec<(&str, &Tensor)> = trained.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     safetensors::save(&args.out, &refs)?;
-    let show = |acc: &[f32; FACTORS.len()]| {
-        FACTORS.iter().zip(acc).map(|(f, a)| format!("{f} {:.1}%", 100.0 * a)).collect::<Vec<_>>().join(", ")
-    };
     println!("wrote {} ({} steps in {:.0} s)", args.out.display(), args.steps, trained.seconds);
-    println!("held-out accuracy on {} balanced renders: {}", config.test_images, show(&trained.accuracy));
+    println!("held-out accuracy on {} balanced renders: {}", config.test_images, factor_rates(&trained.accuracy));
     if let Some(acc) = &trained.reconstruction_accuracy {
-        println!("on their autoencoder reconstructions: {}", show(acc));
+        println!("on their autoencoder reconstructions: {}", factor_rates(acc));
     }
     Ok(())
 }

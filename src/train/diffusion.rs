@@ -195,6 +195,8 @@ pub fn train_denoiser(
     let train_steps = models.alphas_cumprod.len();
     let empty = models.tokenizer.encode("")?;
     let seq = empty.len();
+    // Tokenized once: the captions are the same every epoch.
+    let caption_ids = models.tokenizer.encode_batch(&data.captions.iter().map(String::as_str).collect::<Vec<_>>())?;
     while (params.steps() as usize) < stage.steps {
         let idx = stage.batch_indices(&mut rng, n);
         let mut ids = Vec::with_capacity(idx.len() * seq);
@@ -203,7 +205,7 @@ pub fn train_denoiser(
             if rng.uniform() < config.caption_dropout {
                 ids.extend(&empty);
             } else {
-                ids.extend(models.tokenizer.encode(&data.captions[i])?);
+                ids.extend(&caption_ids[i]);
             }
             let t = rng.below(train_steps as u32) as usize;
             let abar = models.alphas_cumprod[t];

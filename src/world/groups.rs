@@ -1,7 +1,7 @@
 //! A world's data sets for classifiers, and accuracy by group (label × tied
 //! factor, as Waterbirds reports it): the average over images and the worst group.
 
-use super::{oracle::render_batch, Scene, Split, World, FACTORS};
+use super::{Scene, Split, World};
 use crate::device::Device;
 use crate::error::Result;
 use crate::train::data::Dataset;
@@ -10,7 +10,7 @@ impl World {
     /// `n` scenes of `split` rendered and labelled with the label factor, and the scenes.
     pub fn dataset(&self, split: Split, n: usize, seed: u64) -> Result<(Dataset, Vec<Scene>)> {
         let scenes = self.sample(split, n, seed);
-        let pixels = render_batch(self, &scenes, &Device::Cpu)?.to_vec_f32()?;
+        let pixels = self.render_batch(&scenes, &Device::Cpu)?.to_vec_f32()?;
         let labels = scenes.iter().map(|s| self.label(s) as u32).collect();
         let classes = self.values(self.config().label).to_vec();
         Ok((Dataset::from_pixels(pixels, labels, self.config().size, classes)?, scenes))
@@ -74,9 +74,4 @@ pub fn group_accuracy(world: &World, scenes: &[Scene], predictions: &[u32]) -> G
         groups[g].correct += usize::from(p as usize == label);
     }
     GroupAccuracy { groups }
-}
-
-/// The name of the factor a world ties to its label, if any.
-pub fn tied_factor(world: &World) -> Option<&'static str> {
-    world.config().tie.map(|(f, _)| FACTORS[f])
 }

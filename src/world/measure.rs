@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use super::oracle::{render_batch, Oracle, Reading};
+use super::oracle::{Oracle, Reading};
 use super::{Scene, Split, World, FACTORS};
 use crate::device::Device;
 use crate::diffusion::pipeline::{GenerateRequest, InitialNoise, StableDiffusion};
@@ -84,7 +84,8 @@ pub fn measure(
     let edited: Vec<Scene> = scenes.iter().zip(&edits).map(|(s, &(f, v))| s.with(f, v)).collect();
     let captions: Vec<String> = scenes.iter().map(|s| world.caption(s)).collect();
     let edited_captions: Vec<String> = edited.iter().map(|s| world.caption(s)).collect();
-    let [c, h, w] = sd.latent_dims(world.config().size)?;
+    let size = world.config().size;
+    let [c, h, w] = sd.latent_dims((size, size))?;
     let noise: Vec<Tensor> = (0..scenes.len())
         .map(|i| Tensor::randn([1, c, h, w], &mut Rng::new(config.seed.wrapping_add(i as u64)), device))
         .collect::<Result<_>>()?;
@@ -95,7 +96,7 @@ pub fn measure(
             let end = (start + config.batch.max(1)).min(prompts.len());
             let refs: Vec<&Tensor> = noise[start..end].iter().collect();
             let init_image = match init {
-                Some((source, strength)) => Some((render_batch(&world, &source[start..end], device)?, strength)),
+                Some((source, strength)) => Some((world.render_batch(&source[start..end], device)?, strength)),
                 None => None,
             };
             let request = GenerateRequest {
@@ -118,9 +119,9 @@ pub fn measure(
     let factual = generate(&captions, None)?;
     let counterfactual = generate(&edited_captions, None)?;
     let mut img2img = Vec::new();
+    let truth: Vec<Reading> = scenes.iter().map(|s| s.values).collect();
     for &strength in &config.strengths {
         let readings = generate(&edited_captions, Some((&scenes, strength)))?;
-        let truth: Vec<Reading> = scenes.iter().map(|s| s.values).collect();
         img2img.push((strength, edit_rates(&edits, &truth, &readings)));
     }
 

@@ -19,7 +19,11 @@ pub use scene::{Noise, Scene, FACTORS};
 
 use render::Look;
 
-use crate::tensor::Rng;
+use rayon::prelude::*;
+
+use crate::device::Device;
+use crate::error::Result;
+use crate::tensor::{Rng, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
@@ -138,6 +142,13 @@ impl World {
             _ => 0.7,
         };
         render::render(&Look { shape, colour, background, radius, centre: (x, 0.5) }, scene, self.config.size)
+    }
+
+    /// The renders of `scenes` (in parallel): (n, 3, size, size) in [0, 1] on `device`.
+    pub fn render_batch(&self, scenes: &[Scene], device: &Device) -> Result<Tensor> {
+        let s = self.config.size;
+        let pixels: Vec<Vec<f32>> = scenes.par_iter().map(|scene| self.render(scene)).collect();
+        Tensor::from_f32(pixels.concat(), [scenes.len(), 3, s, s], device)
     }
 
     /// The scene's caption: a template and wording chosen by its noise, every

@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 use super::{Scene, Split, World, FACTORS};
 use crate::autograd::no_grad;
 use crate::autograd::optim::AdamWConfig;
@@ -159,7 +157,7 @@ pub fn train_oracle(
     let start = Instant::now();
     for step in 0..config.steps {
         let scenes = balanced.sample(Split::Train, config.batch, config.seed.wrapping_add(1 + step as u64));
-        let mut images = render_batch(&balanced, &scenes, device)?;
+        let mut images = balanced.render_batch(&scenes, device)?;
         if let (Some(vae), true) = (autoencoder, step % 2 == 1) {
             images = reconstruct(vae, &images)?;
         }
@@ -195,20 +193,13 @@ pub fn train_oracle(
         size: world.config().size,
     };
     let test = balanced.sample(Split::Test, config.test_images, config.seed);
-    let images = render_batch(&balanced, &test, device)?;
+    let images = balanced.render_batch(&test, device)?;
     let accuracy = factor_accuracy(&oracle.read(&images)?, &test);
     let reconstruction_accuracy = match autoencoder {
         Some(vae) => Some(factor_accuracy(&oracle.read(&reconstruct(vae, &images)?)?, &test)),
         None => None,
     };
     Ok(TrainedOracle { tensors, accuracy, reconstruction_accuracy, seconds: start.elapsed().as_secs_f64() })
-}
-
-/// The renders of `scenes`, (n, 3, size, size) in [0, 1] on `device`.
-pub(crate) fn render_batch(world: &World, scenes: &[Scene], device: &Device) -> Result<Tensor> {
-    let s = world.config().size;
-    let pixels: Vec<Vec<f32>> = scenes.par_iter().map(|scene| world.render(scene)).collect();
-    Tensor::from_f32(pixels.concat(), [scenes.len(), 3, s, s], device)
 }
 
 /// `images` in [0, 1] through the autoencoder (posterior mean, decoded), in [0, 1].

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use super::{Split, World};
@@ -96,13 +95,14 @@ pub fn train_world_sd(
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(|e| file_error(&building, e))?;
     }
-    let data = balanced_renders(world, config.images, config.seed);
+    let data = balanced_renders(world, config.images, config.seed)?;
     // Starting from a folder keeps its tokenizer: its text encoder's embeddings are indexed by its ids.
-    let (vocab_size, max_len) = match config.init.as_ref().map(|d| d.join("tokenizer")).filter(|d| d.is_dir()) {
+    match config.init.as_ref().map(|d| d.join("tokenizer")).filter(|d| d.is_dir()) {
         Some(dir) => copy_dir(&dir, &building.join("tokenizer"))?,
-        None => train_tokenizer(&data.captions, &building.join("tokenizer"))?,
-    };
+        None => _ = train_tokenizer(&data.captions, &building.join("tokenizer"))?,
+    }
     let tokenizer = ClipTokenizer::from_dir(&building.join("tokenizer"))?;
+    let (vocab_size, max_len) = (tokenizer.vocab_size(), tokenizer.max_len());
     let size = world.config().size;
     write_json(&building.join("model_index.json"), &model_index())?;
     write_json(&building.join("scheduler").join("scheduler_config.json"), &scheduler_config())?;
@@ -236,8 +236,8 @@ fn initial(
     }
 }
 
-/// Copies the tokenizer folder `from` to `to`; returns its vocabulary size and length.
-fn copy_dir(from: &Path, to: &Path) -> Result<(usize, usize)> {
+/// Copies the files of the folder `from` into `to`.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| file_error(to, e))?;
     for entry in std::fs::read_dir(from).map_err(|e| file_error(from, e))? {
         let path = entry.map_err(|e| file_error(from, e))?.path();
@@ -245,21 +245,18 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(usize, usize)> {
             std::fs::copy(&path, to.join(name)).map_err(|e| file_error(&path, e))?;
         }
     }
-    let tokenizer = ClipTokenizer::from_dir(to)?;
-    let vocab = tokenizer.vocab_size();
-    Ok((vocab, tokenizer.max_len()))
+    Ok(())
 }
 
 /// `n` scenes with every factor drawn independently, rendered, and their captions.
-fn balanced_renders(world: &World, n: usize, seed: u64) -> ImageCaptions {
+fn balanced_renders(world: &World, n: usize, seed: u64) -> Result<ImageCaptions> {
     let balanced = world.balanced();
     let scenes = balanced.sample(Split::Train, n, seed);
-    let images: Vec<Vec<f32>> = scenes.par_iter().map(|s| balanced.render(s)).collect();
-    ImageCaptions {
+    Ok(ImageCaptions {
         size: balanced.config().size,
-        images: images.concat(),
+        images: balanced.render_batch(&scenes, &Device::Cpu)?.to_vec_f32()?,
         captions: scenes.iter().map(|s| balanced.caption(s)).collect(),
-    }
+    })
 }
 
 /// The tensors of `params` named `prefix…`, without the prefix, in f32.
