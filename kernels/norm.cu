@@ -17,10 +17,7 @@
 // unbounded. (With the ABI's one block a group, a small n·groups leaves SMs idle: SD at batch 2 has
 // 64 groups on 132 SMs.)
 //
-// Statistics: one pass of Chan/Welford merges in f32, (count, mean, M2) a thread: a 16 B pack's
-// exact mean and M2 merge into the running triple (one division a pack), so there is no
-// Σx² - (Σx)² cancellation when |mean| ≫ std. Threads merge by warp shuffles, warps through 8 shared
-// slots; every thread merges the 8 in the same order, so all see identical mean and rstd.
+// Statistics: one pass of Chan/Welford merges in f32 (norm_stats.cuh), identical in every thread.
 
 #include "common.cuh"
 
@@ -31,74 +28,7 @@
 // cover HBM latency, and group norm's few blocks want the loads in flight more than occupancy.
 #define FOIL_LAUNCH __launch_bounds__(FOIL_BLOCK, 4)
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-    T v[N];
-};
-
-
-struct Stats {
-    float n, mean, m2;
-};
-
-// Merges (nb, mb, m2b) into a (Chan et al.). Either side may be empty; both empty stays empty.
-__device__ __forceinline__ void merge(Stats& a, float nb, float mb, float m2b) {
-    const float n = a.n + nb;
-    if (n == 0.0f) return;
-    const float d = mb - a.mean;
-    const float f = nb / n;  // IEEE: exactly 1 when a is empty, so a merge into nothing copies b
-    a.mean += d * f;
-    a.m2 += m2b + d * d * a.n * f;
-    a.n = n;
-}
-
-// Mean and rstd of x[0..count), for every thread of the block. `smem` is this call's buffer; the
-// caller alternates two so that a barrier separates the reuse of one from its last reads.
-template <typename T>
-__device__ __forceinline__ void block_stats(const T* __restrict__ x, u32 count, float eps, Stats* smem, float& mean,
-                                            float& rstd) {
-    constexpr int N = 16 / sizeof(T);
-    const u32 tid = threadIdx.x;
-    Stats st = {0.0f, 0.0f, 0.0f};
-    u32 done = 0;
-    if (aligned16(x)) {
-        const u32 packs = count / N;
-        const Pack<T, N>* __restrict__ xv = reinterpret_cast<const Pack<T, N>*>(x);
-#pragma unroll 4
-        for (u32 p = tid; p < packs; p += FOIL_BLOCK) {
-            const Pack<T, N> pk = xv[p];
-            float v[N], sum = 0.0f;
-#pragma unroll
-            for (int k = 0; k < N; ++k) {
-                v[k] = to_f32(pk.v[k]);
-                sum += v[k];
-            }
-            const float pm = sum * (1.0f / N);  // N is a power of two: exact
-            float pm2 = 0.0f;
-#pragma unroll
-            for (int k = 0; k < N; ++k) pm2 += (v[k] - pm) * (v[k] - pm);
-            merge(st, (float)N, pm, pm2);
-        }
-        done = packs * N;
-    }
-    for (u32 j = done + tid; j < count; j += FOIL_BLOCK) merge(st, 1.0f, to_f32(x[j]), 0.0f);
-
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        const float n2 = __shfl_xor_sync(0xffffffffu, st.n, off);
-        const float mean2 = __shfl_xor_sync(0xffffffffu, st.mean, off);
-        const float m22 = __shfl_xor_sync(0xffffffffu, st.m2, off);
-        merge(st, n2, mean2, m22);
-    }
-    if ((tid & 31) == 0) smem[tid >> 5] = st;
-    __syncthreads();
-    st = smem[0];
-#pragma unroll
-    for (int w = 1; w < FOIL_WARPS; ++w) merge(st, smem[w].n, smem[w].mean, smem[w].m2);
-    mean = st.mean;
-    // Biased variance over the whole run, as the CPU (and PyTorch) normalise; IEEE sqrt and divide.
-    rstd = 1.0f / sqrtf(st.m2 / (float)count + eps);
-}
+#include "norm_stats.cuh"
 
 template <typename T>
 __device__ __forceinline__ void layer_norm_impl(const T* __restrict__ x, const T* __restrict__ w,
@@ -112,7 +42,7 @@ __device__ __forceinline__ void layer_norm_impl(const T* __restrict__ x, const T
         const T* __restrict__ xr = x + (size_t)row * cols;
         T* __restrict__ yr = y + (size_t)row * cols;
         float mean, rstd;
-        block_stats(xr, cols, eps, smem[parity], mean, rstd);
+        run_stats(xr, cols, eps, smem[parity], mean, rstd);
 
         // The CPU's expression order: ((v - mean)·rstd)·w + b.
         u32 done = 0;
@@ -155,7 +85,7 @@ __device__ __forceinline__ void group_norm_impl(const T* __restrict__ x, const T
         const T* __restrict__ xg = x + base;
         T* __restrict__ yg = y + base;
         float mean, rstd;
-        block_stats(xg, count, eps, smem[parity], mean, rstd);
+        run_stats(xg, count, eps, smem[parity], mean, rstd);
 
         const T* __restrict__ wg = w + (size_t)g * cpg;
         const T* __restrict__ bg = b + (size_t)g * cpg;
