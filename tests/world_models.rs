@@ -186,3 +186,18 @@ fn the_shipped_generator_gives_diffusers_image() {
     let err = common::rel_err(&got, &want);
     assert!(err < 1e-3, "foil and diffusers differ by {err:.2e} on the shipped generator");
 }
+
+#[test]
+fn a_missing_init_folder_or_autoencoder_is_an_error_before_any_work() {
+    let world = World::new(WorldConfig::default());
+    let out = scratch("bad-init");
+    let empty = scratch("empty-init");
+    std::fs::create_dir_all(&empty).unwrap();
+    for (init, expect) in [(out.join("nope"), "no such pipeline folder"), (empty.clone(), "no autoencoder to keep")] {
+        let config = WorldSdConfig { init: Some(init), autoencoder_steps: 0, ..WorldSdConfig::default() };
+        let e = train_world_sd(&world, &config, &out, &CPU, &mut |_, _| {}).err().expect("a bad --init fails");
+        assert!(e.to_string().contains(expect), "{e}");
+        assert!(!out.exists(), "nothing is written");
+    }
+    std::fs::remove_dir_all(empty).unwrap();
+}

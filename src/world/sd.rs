@@ -92,6 +92,15 @@ pub fn train_world_sd(
             building.display()
         )));
     }
+    if let Some(init) = &config.init {
+        let vae = init.join("vae/diffusion_pytorch_model.safetensors");
+        if !init.is_dir() {
+            return Err(Error::Usage(format!("--init {}: no such pipeline folder", init.display())));
+        }
+        if config.autoencoder_steps == 0 && !vae.is_file() {
+            return Err(Error::Usage(format!("{}: no autoencoder to keep (--autoencoder-steps 0)", vae.display())));
+        }
+    }
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(|e| file_error(&building, e))?;
     }
