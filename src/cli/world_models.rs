@@ -33,6 +33,9 @@ pub struct WorldSdArgs {
     autoencoder_steps: usize,
     #[arg(long, value_name = "N", default_value_t = WorldSdConfig::default().autoencoder_batch)]
     autoencoder_batch: usize,
+    /// Steps of the text encoder's pretraining (naming every attribute of a caption); 0 keeps --init's.
+    #[arg(long, value_name = "N", default_value_t = WorldSdConfig::default().text_encoder_steps)]
+    text_encoder_steps: usize,
     #[arg(long, value_name = "N", default_value_t = WorldSdConfig::default().denoiser_steps)]
     denoiser_steps: usize,
     #[arg(long, value_name = "N", default_value_t = WorldSdConfig::default().denoiser_batch)]
@@ -62,6 +65,7 @@ pub fn world_sd(args: WorldSdArgs, device: &Device) -> Result<()> {
         images: args.images,
         autoencoder_steps: args.autoencoder_steps,
         autoencoder_batch: args.autoencoder_batch,
+        text_encoder_steps: args.text_encoder_steps,
         denoiser_steps: args.denoiser_steps,
         denoiser_batch: args.denoiser_batch,
         caption_dropout: args.caption_dropout,
@@ -70,8 +74,10 @@ pub fn world_sd(args: WorldSdArgs, device: &Device) -> Result<()> {
         init: args.init.clone(),
         ..defaults
     };
-    if config.init.is_none() && config.autoencoder_steps == 0 {
-        return Err(Error::Usage("--autoencoder-steps 0 needs --init DIR with a trained autoencoder".into()));
+    if config.init.is_none() && (config.autoencoder_steps == 0 || config.text_encoder_steps == 0) {
+        return Err(Error::Usage(
+            "--autoencoder-steps 0 and --text-encoder-steps 0 need --init DIR with the trained model".into(),
+        ));
     }
     if config.images == 0 || config.autoencoder_batch == 0 || config.denoiser_batch == 0 {
         return Err(Error::Usage("--images and the batch sizes must be at least 1".into()));
@@ -82,8 +88,8 @@ pub fn world_sd(args: WorldSdArgs, device: &Device) -> Result<()> {
     let world = world_of(&args.config)?;
     eprintln!(
         "training the world's Stable Diffusion on {device} ({}): {} balanced renders, autoencoder {} steps, \
-         text encoder + UNet {} steps",
-        config.dtype, config.images, config.autoencoder_steps, config.denoiser_steps
+         text encoder {} steps, UNet {} steps",
+        config.dtype, config.images, config.autoencoder_steps, config.text_encoder_steps, config.denoiser_steps
     );
     let log_every = args.log_every;
     let outcome =
@@ -94,9 +100,11 @@ pub fn world_sd(args: WorldSdArgs, device: &Device) -> Result<()> {
         format!("final loss {:.5}, {:.0} s", outcome.autoencoder_loss, outcome.autoencoder_seconds)
     };
     println!(
-        "wrote {} (autoencoder: {autoencoder}; text encoder + UNet: final loss {:.5}, {:.0} s; latent scaling \
-         factor {:.5})",
+        "wrote {} (autoencoder: {autoencoder}; text encoder: final loss {:.5}, {:.0} s; UNet: final loss {:.5}, \
+         {:.0} s; latent scaling factor {:.5})",
         args.out.display(),
+        outcome.text_encoder_loss,
+        outcome.text_encoder_seconds,
         outcome.denoiser_loss,
         outcome.denoiser_seconds,
         outcome.scaling_factor

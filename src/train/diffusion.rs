@@ -1,9 +1,12 @@
 //! Training a latent diffusion model from scratch in the order Stable Diffusion
-//! was trained: the autoencoder first, on images alone; then the text encoder
-//! and the UNet together on the autoencoder's latents of the images, with
-//! ε-prediction at timesteps drawn uniformly, and the caption replaced by the
-//! empty one at a rate, so that the model also learns the unconditional
-//! prediction that classifier-free guidance needs.
+//! was made: the autoencoder first, on images alone; a text encoder trained on
+//! text alone (SD took CLIP's, trained contrastively; here the encoder learns to
+//! name every attribute of a caption, so that each phrase moves its hidden
+//! states); then the UNet on the autoencoder's latents, conditioned on the
+//! frozen text encoder, with ε-prediction at timesteps drawn uniformly, the
+//! caption replaced by the empty one at a rate (so that the model also learns
+//! the unconditional prediction that classifier-free guidance needs), and an
+//! exponential moving average of its weights kept for sampling.
 //!
 //! The autoencoder's posterior has a fixed variance: the decoder learns from
 //! `mean + σ·ε`, the KL term keeps its mean part (β·½·mean²), and the encoder's
@@ -21,11 +24,11 @@ use crate::autograd::optim::AdamWConfig;
 use crate::autograd::schedule::LrSchedule;
 use crate::device::{DType, Device};
 use crate::error::Result;
-use crate::models::clip_text::ClipTextModel;
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::clip_tokenizer::ClipTokenizer;
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
-use crate::nn::Weights;
+use crate::nn::{init_parameters, Linear, Weights};
 use crate::tensor::{Rng, Tensor};
 
 /// Images (RGB in [0, 1], `size`×`size`) with a caption each.
@@ -152,11 +155,96 @@ pub fn encode_means(vae: &AutoencoderKL, data: &ImageCaptions, device: &Device) 
     Ok((out, dims))
 }
 
-/// The denoiser's models: diffusers' UNet config, transformers' text encoder
-/// config, the tokenizer, and ᾱ of the training noise schedule.
+/// Captions with the value of each of their attributes: the text encoder's targets.
+pub struct LabelledCaptions<'a> {
+    pub captions: &'a [String],
+    /// Per caption, the value index of each attribute.
+    pub labels: &'a [Vec<usize>],
+    /// The number of values of each attribute.
+    pub classes: &'a [usize],
+}
+
+/// Trains the text encoder of transformers config `config_file` (parameters
+/// under `text_encoder.` in `init`) to predict every attribute of a caption
+/// from the mean of its last hidden states, through one linear head an
+/// attribute (discarded after); returns the encoder's parameters.
+pub fn train_text_encoder(
+    config_file: &Path,
+    tokenizer: &ClipTokenizer,
+    init: BTreeMap<String, Tensor>,
+    data: &LabelledCaptions,
+    stage: &StageConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<BTreeMap<String, Tensor>> {
+    let mut rng = Rng::new(stage.seed);
+    let hidden = ClipTextConfig::from_file(config_file)?.hidden_size;
+    let heads: BTreeMap<String, Vec<usize>> = data
+        .classes
+        .iter()
+        .enumerate()
+        .flat_map(|(f, &n)| [(format!("head.{f}.weight"), vec![n, hidden]), (format!("head.{f}.bias"), vec![n])])
+        .collect();
+    let mut tensors = init;
+    tensors.extend(init_parameters(&heads, &mut rng, device)?);
+    let mut params = stage.parameters(tensors)?;
+    let caption_ids = tokenizer.encode_batch(&data.captions.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let seq = tokenizer.max_len();
+    let start = Instant::now();
+    while (params.steps() as usize) < stage.steps {
+        let idx = stage.batch_indices(&mut rng, data.captions.len());
+        let ids: Vec<u32> = idx.iter().flat_map(|&i| caption_ids[i].iter().copied()).collect();
+        let ids = Tensor::from_u32(ids, [idx.len(), seq], device)?;
+        let leaves = params.leaves();
+        let w = Weights::from_tensors("text_encoder", leaves.clone(), stage.dtype, device);
+        let text = ClipTextModel::from_weights(config_file, w.pp("text_encoder"))?;
+        let pooled = text.forward(&ids)?.mean(1, false)?;
+        let mut loss: Option<Tensor> = None;
+        for (f, &n) in data.classes.iter().enumerate() {
+            let head = Linear::load(&w.pp(format!("head.{f}")), hidden, n, true)?;
+            let labels =
+                Tensor::from_u32(idx.iter().map(|&i| data.labels[i][f] as u32).collect(), [idx.len()], device)?;
+            let term = head.forward(&pooled)?.to_dtype(DType::F32)?.cross_entropy(&labels, 0.0)?.mean(0, false)?;
+            loss = Some(match loss {
+                Some(l) => l.add(&term)?,
+                None => term,
+            });
+        }
+        let loss =
+            loss.ok_or_else(|| crate::error::Error::Training("no attributes to train the text encoder on".into()))?;
+        params.minimize(&leaves, &loss, "text encoder", stage.steps, start, progress)?;
+    }
+    Ok(params
+        .tensors()
+        .iter()
+        .filter(|(n, _)| n.starts_with("text_encoder."))
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect())
+}
+
+/// The last hidden states of `text` for each caption, flat (seq × hidden a caption), computed once.
+fn encode_captions(
+    text: &ClipTextModel,
+    tokenizer: &ClipTokenizer,
+    captions: &[&str],
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let _no_grad = no_grad();
+    let seq = tokenizer.max_len();
+    let mut out = Vec::new();
+    for chunk in captions.chunks(256) {
+        let ids: Vec<u32> = tokenizer.encode_batch(chunk)?.concat();
+        let ids = Tensor::from_u32(ids, [chunk.len(), seq], device)?;
+        out.extend(text.forward(&ids)?.to_dtype(DType::F32)?.to_vec_f32()?);
+    }
+    Ok(out)
+}
+
+/// The denoiser's models: diffusers' UNet config, the frozen text encoder and
+/// its tokenizer, and ᾱ of the training noise schedule.
 pub struct DenoiserModels<'a> {
     pub unet_config: &'a Path,
-    pub text_encoder_config: &'a Path,
+    pub text_encoder: &'a ClipTextModel,
     pub tokenizer: &'a ClipTokenizer,
     pub alphas_cumprod: &'a [f32],
 }
@@ -166,6 +254,8 @@ pub struct DenoiserConfig {
     pub stage: StageConfig,
     /// The fraction of captions replaced by the empty caption.
     pub caption_dropout: f32,
+    /// The decay of the moving average of the weights that is returned.
+    pub average_decay: f32,
 }
 
 /// Latents already multiplied by the autoencoder's scaling factor, flat, with
@@ -176,8 +266,8 @@ pub struct LatentCaptions<'a> {
     pub captions: &'a [String],
 }
 
-/// Trains the text encoder (parameters under `text_encoder.`) and the UNet
-/// (under `unet.`) of `init` together; returns their parameters.
+/// Trains the UNet (parameters under `unet.` in `init`) conditioned on the
+/// frozen text encoder; returns the moving average of its parameters.
 pub fn train_denoiser(
     models: &DenoiserModels,
     init: BTreeMap<String, Tensor>,
@@ -187,25 +277,27 @@ pub fn train_denoiser(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<BTreeMap<String, Tensor>> {
     let stage = &config.stage;
-    let mut params = stage.parameters(init)?;
+    let mut params = stage.parameters(init)?.with_average(config.average_decay);
     let mut rng = Rng::new(stage.seed);
-    let start = Instant::now();
     let per: usize = data.dims.iter().product();
     let n = data.captions.len();
     let train_steps = models.alphas_cumprod.len();
-    let empty = models.tokenizer.encode("")?;
-    let seq = empty.len();
-    // Tokenized once: the captions are the same every epoch.
-    let caption_ids = models.tokenizer.encode_batch(&data.captions.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let (seq, hidden) = (models.tokenizer.max_len(), models.text_encoder.hidden_size());
+    let context_len = seq * hidden;
+    // The encoder is frozen: every caption's context is computed once.
+    let captions: Vec<&str> = data.captions.iter().map(String::as_str).collect();
+    let contexts = encode_captions(models.text_encoder, models.tokenizer, &captions, device)?;
+    let empty = encode_captions(models.text_encoder, models.tokenizer, &[""], device)?;
+    let start = Instant::now();
     while (params.steps() as usize) < stage.steps {
         let idx = stage.batch_indices(&mut rng, n);
-        let mut ids = Vec::with_capacity(idx.len() * seq);
+        let mut context = Vec::with_capacity(idx.len() * context_len);
         let (mut noisy, mut eps, mut timesteps) = (Vec::new(), Vec::new(), Vec::new());
         for &i in &idx {
             if rng.uniform() < config.caption_dropout {
-                ids.extend(&empty);
+                context.extend(&empty);
             } else {
-                ids.extend(&caption_ids[i]);
+                context.extend(&contexts[i * context_len..(i + 1) * context_len]);
             }
             let t = rng.below(train_steps as u32) as usize;
             let abar = models.alphas_cumprod[t];
@@ -220,16 +312,14 @@ pub fn train_denoiser(
         let shape = [idx.len(), data.dims[0], data.dims[1], data.dims[2]];
         let noisy = Tensor::from_f32(noisy, shape, device)?.to_dtype(stage.dtype)?;
         let eps = Tensor::from_f32(eps, shape, device)?;
-        let ids = Tensor::from_u32(ids, [idx.len(), seq], device)?;
+        let context = Tensor::from_f32(context, [idx.len(), seq, hidden], device)?.to_dtype(stage.dtype)?;
 
         let leaves = params.leaves();
         let w = Weights::from_tensors("world-sd", leaves.clone(), stage.dtype, device);
-        let text = ClipTextModel::from_weights(models.text_encoder_config, w.pp("text_encoder"))?;
         let unet = UNet2DConditionModel::from_weights(models.unet_config, &w.pp("unet"))?;
-        let context = text.forward(&ids)?;
         let pred = unet.forward(&noisy, &timesteps, &context)?;
         let loss = mse(&pred.to_dtype(DType::F32)?, &eps)?;
         params.minimize(&leaves, &loss, "denoiser", stage.steps, start, progress)?;
     }
-    Ok(params.tensors().clone())
+    Ok(params.averaged().clone())
 }

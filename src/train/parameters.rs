@@ -17,6 +17,15 @@ pub struct Parameters {
     tensors: BTreeMap<String, Tensor>,
     optimizer: AdamW,
     schedule: LrSchedule,
+    average: Option<Average>,
+}
+
+/// An exponential moving average of the parameters, as diffusers' EMAModel
+/// keeps for sampling: the decay ramps up as (1 + step) / (10 + step) to `decay`,
+/// so the early, poor weights fade out quickly.
+struct Average {
+    decay: f32,
+    tensors: BTreeMap<String, Tensor>,
 }
 
 impl Parameters {
@@ -25,7 +34,18 @@ impl Parameters {
         let names: Vec<String> = tensors.keys().cloned().collect();
         let values: Vec<Tensor> = tensors.values().cloned().collect();
         let optimizer = AdamW::new(&values, config)?;
-        Ok(Parameters { names, tensors, optimizer, schedule })
+        Ok(Parameters { names, tensors, optimizer, schedule, average: None })
+    }
+
+    /// Also keep an exponential moving average of the parameters (`decay` per step).
+    pub fn with_average(mut self, decay: f32) -> Parameters {
+        self.average = Some(Average { decay, tensors: self.tensors.clone() });
+        self
+    }
+
+    /// The moving average where one is kept, else the current values.
+    pub fn averaged(&self) -> &BTreeMap<String, Tensor> {
+        self.average.as_ref().map_or(&self.tensors, |a| &a.tensors)
     }
 
     /// The parameters as tracked leaves, for the models of one step.
@@ -55,6 +75,13 @@ impl Parameters {
         let stats = self.optimizer.step(&grads, self.lr())?;
         for (name, value) in self.names.iter().zip(self.optimizer.params()?) {
             self.tensors.insert(name.clone(), value);
+        }
+        if let Some(average) = &mut self.average {
+            let step = self.optimizer.steps() as f32;
+            let decay = average.decay.min((1.0 + step) / (10.0 + step));
+            for (name, avg) in average.tensors.iter_mut() {
+                *avg = avg.scale(decay)?.add(&self.tensors[name].scale(1.0 - decay)?)?;
+            }
         }
         Ok(stats)
     }

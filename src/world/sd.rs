@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::{Split, World};
+use super::{Split, World, FACTORS};
 use crate::device::{DType, Device};
 use crate::diffusion::scheduler::SchedulerConfig;
 use crate::error::{Error, Result};
@@ -24,8 +24,8 @@ use crate::tensor::{safetensors, write_text_atomically, Rng, Tensor};
 use crate::train::checkpoint::read_tensors;
 use crate::train::classifier::Progress;
 use crate::train::diffusion::{
-    encode_means, train_autoencoder, train_denoiser, AutoencoderConfig, DenoiserConfig, DenoiserModels, ImageCaptions,
-    LatentCaptions, StageConfig,
+    encode_means, train_autoencoder, train_denoiser, train_text_encoder, AutoencoderConfig, DenoiserConfig,
+    DenoiserModels, ImageCaptions, LabelledCaptions, LatentCaptions, StageConfig,
 };
 
 /// How the world's generator is trained.
@@ -36,10 +36,15 @@ pub struct WorldSdConfig {
     pub autoencoder_steps: usize,
     pub autoencoder_batch: usize,
     pub autoencoder_lr: f32,
+    pub text_encoder_steps: usize,
+    pub text_encoder_batch: usize,
+    pub text_encoder_lr: f32,
     pub denoiser_steps: usize,
     pub denoiser_batch: usize,
     pub denoiser_lr: f32,
     pub caption_dropout: f32,
+    /// The decay of the moving average of the UNet's weights that is shipped.
+    pub average_decay: f32,
     pub seed: u64,
     pub dtype: DType,
     /// A pipeline folder (an earlier run's output, or its `.partial` folder) whose
@@ -54,10 +59,14 @@ impl Default for WorldSdConfig {
             autoencoder_steps: 1000,
             autoencoder_batch: 32,
             autoencoder_lr: 1e-3,
-            denoiser_steps: 3000,
-            denoiser_batch: 64,
+            text_encoder_steps: 1000,
+            text_encoder_batch: 64,
+            text_encoder_lr: 1e-3,
+            denoiser_steps: 4000,
+            denoiser_batch: 32,
             denoiser_lr: 1e-3,
             caption_dropout: 0.1,
+            average_decay: 0.999,
             seed: 0,
             dtype: DType::F32,
             init: None,
@@ -68,8 +77,10 @@ impl Default for WorldSdConfig {
 /// What a finished training reports.
 pub struct WorldSdOutcome {
     pub autoencoder_loss: f32,
+    pub text_encoder_loss: f32,
     pub denoiser_loss: f32,
     pub autoencoder_seconds: f64,
+    pub text_encoder_seconds: f64,
     pub denoiser_seconds: f64,
     pub scaling_factor: f32,
 }
@@ -100,11 +111,15 @@ pub fn train_world_sd(
         if config.autoencoder_steps == 0 && !vae.is_file() {
             return Err(Error::Usage(format!("{}: no autoencoder to keep (--autoencoder-steps 0)", vae.display())));
         }
+        let text = init.join("text_encoder/model.safetensors");
+        if config.text_encoder_steps == 0 && !text.is_file() {
+            return Err(Error::Usage(format!("{}: no text encoder to keep (--text-encoder-steps 0)", text.display())));
+        }
     }
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(|e| file_error(&building, e))?;
     }
-    let data = balanced_renders(world, config.images, config.seed)?;
+    let (data, labels) = balanced_renders(world, config.images, config.seed)?;
     // Starting from a folder keeps its tokenizer: its text encoder's embeddings are indexed by its ids.
     match config.init.as_ref().map(|d| d.join("tokenizer")).filter(|d| d.is_dir()) {
         Some(dir) => copy_dir(&dir, &building.join("tokenizer"))?,
@@ -172,34 +187,44 @@ pub fn train_world_sd(
         UNet2DConditionModel::from_weights(&unet_config, &w.pp("unet"))?;
         w.recorded()
     };
+    let started = Instant::now();
+    let classes: Vec<usize> = (0..FACTORS.len()).map(|f| world.values(f).len()).collect();
+    let text_params = train_text_encoder(
+        &text_config,
+        &tokenizer,
+        initial(&config.init, "text_encoder/model.safetensors", "text_encoder.", &shapes, &mut rng, device)?,
+        &LabelledCaptions { captions: &data.captions, labels: &labels, classes: &classes },
+        &stage(config.text_encoder_steps, config.text_encoder_batch, config.text_encoder_lr, config.seed ^ 3),
+        device,
+        &mut |p| {
+            last = p.loss;
+            progress("text encoder", p)
+        },
+    )?;
+    let (text_encoder_loss, text_encoder_seconds) = (last, started.elapsed().as_secs_f64());
+    save(&building.join("text_encoder").join("model.safetensors"), &text_params, "text_encoder.")?;
+    let text_encoder = ClipTextModel::from_weights(
+        &text_config,
+        Weights::from_tensors("text_encoder", text_params, DType::F32, device).pp("text_encoder"),
+    )?;
+
     let alphas_cumprod =
         SchedulerConfig::from_json(&scheduler_config().to_string(), "scheduler")?.alphas_cumprod(false)?;
     let latents: Vec<f32> = means.iter().map(|v| v * scaling_factor).collect();
     let started = Instant::now();
-    let denoiser = train_denoiser(
+    let unet = train_denoiser(
         &DenoiserModels {
             unet_config: &unet_config,
-            text_encoder_config: &text_config,
+            text_encoder: &text_encoder,
             tokenizer: &tokenizer,
             alphas_cumprod: &alphas_cumprod,
         },
-        {
-            let mut init =
-                initial(&config.init, "text_encoder/model.safetensors", "text_encoder.", &shapes, &mut rng, device)?;
-            init.extend(initial(
-                &config.init,
-                "unet/diffusion_pytorch_model.safetensors",
-                "unet.",
-                &shapes,
-                &mut rng,
-                device,
-            )?);
-            init
-        },
+        initial(&config.init, "unet/diffusion_pytorch_model.safetensors", "unet.", &shapes, &mut rng, device)?,
         &LatentCaptions { latents: &latents, dims, captions: &data.captions },
         &DenoiserConfig {
             stage: stage(config.denoiser_steps, config.denoiser_batch, config.denoiser_lr, config.seed ^ 2),
             caption_dropout: config.caption_dropout,
+            average_decay: config.average_decay,
         },
         device,
         &mut |p| {
@@ -208,11 +233,18 @@ pub fn train_world_sd(
         },
     )?;
     let (denoiser_loss, denoiser_seconds) = (last, started.elapsed().as_secs_f64());
-    save(&building.join("text_encoder").join("model.safetensors"), &denoiser, "text_encoder.")?;
-    save(&building.join("unet").join("diffusion_pytorch_model.safetensors"), &denoiser, "unet.")?;
+    save(&building.join("unet").join("diffusion_pytorch_model.safetensors"), &unet, "unet.")?;
 
     replace_dir(&building, out)?;
-    Ok(WorldSdOutcome { autoencoder_loss, denoiser_loss, autoencoder_seconds, denoiser_seconds, scaling_factor })
+    Ok(WorldSdOutcome {
+        autoencoder_loss,
+        text_encoder_loss,
+        denoiser_loss,
+        autoencoder_seconds,
+        text_encoder_seconds,
+        denoiser_seconds,
+        scaling_factor,
+    })
 }
 
 /// The parameters named `prefix…` of `shapes`: from `file` under the folder
@@ -257,15 +289,17 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `n` scenes with every factor drawn independently, rendered, and their captions.
-fn balanced_renders(world: &World, n: usize, seed: u64) -> Result<ImageCaptions> {
+/// `n` scenes with every factor drawn independently, rendered, with their
+/// captions and factor values.
+fn balanced_renders(world: &World, n: usize, seed: u64) -> Result<(ImageCaptions, Vec<Vec<usize>>)> {
     let balanced = world.balanced();
     let scenes = balanced.sample(Split::Train, n, seed);
-    Ok(ImageCaptions {
+    let data = ImageCaptions {
         size: balanced.config().size,
         images: balanced.render_batch(&scenes, &Device::Cpu)?.to_vec_f32()?,
         captions: scenes.iter().map(|s| balanced.caption(s)).collect(),
-    })
+    };
+    Ok((data, scenes.iter().map(|s| s.values.to_vec()).collect()))
 }
 
 /// The tensors of `params` named `prefix…`, without the prefix, in f32.
