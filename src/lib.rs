@@ -8,7 +8,9 @@
 //! mode, optimizers), `nn` (layers and the weight loader), `models` (CLIP, UNet,
 //! VAE, ResNet under their public names), `diffusion` (schedulers, pipelines),
 //! `train` (data sets, checkpoints, the classifier training loop), `world` (a
-//! synthetic scene model with known causes).
+//! synthetic scene model with known causes), `probe` and `reinforce` (the loop:
+//! find the attributes that flip a classifier, fine-tune it on counterfactuals
+//! of them, and measure it on real shifted data).
 
 pub mod autograd;
 pub mod device;
@@ -16,6 +18,8 @@ pub mod diffusion;
 pub mod error;
 pub mod models;
 pub mod nn;
+pub mod probe;
+pub mod reinforce;
 pub mod tensor;
 pub mod train;
 pub mod world;

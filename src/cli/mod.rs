@@ -4,6 +4,8 @@
 mod classify;
 mod generate;
 mod info;
+mod probe;
+mod progress;
 mod train;
 mod world;
 mod world_models;
@@ -39,6 +41,12 @@ enum Command {
     /// The synthetic world: scenes with known causes, rendered with captions.
     #[command(subcommand)]
     World(world::WorldCommand),
+    /// The whole loop on the shipped world and models (or yours): probe, reinforce, report.
+    Run(probe::RunArgs),
+    /// Find the attributes whose change flips a classifier, from counterfactual image pairs.
+    Probe(probe::ProbeArgs),
+    /// Fine-tune a classifier on counterfactuals of the weaknesses a probe found, and evaluate it.
+    Reinforce(probe::ReinforceArgs),
 }
 
 /// The `--dtype` flag of the model commands.
@@ -107,6 +115,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classify(args) => classify::run(args, &device),
         Command::Train(command) => train::run(command, &device),
         Command::World(command) => world::run(command, &device),
+        Command::Run(args) => probe::run(args, &device),
+        Command::Probe(args) => probe::probe_command(args, &device),
+        Command::Reinforce(args) => probe::reinforce_command(args, &device),
     }
 }
 

@@ -15,6 +15,8 @@ use foil::world::oracle::Oracle;
 use foil::world::{Split, World, WorldConfig, FACTORS};
 use foil::{DType, Device, Error, Result, Tensor};
 
+use super::progress::StageProgress;
+
 #[derive(Subcommand)]
 pub enum WorldCommand {
     /// Render N scenes of a split as PNGs, with metadata.csv (file, caption, label, every factor).
@@ -80,7 +82,9 @@ fn render(args: RenderArgs) -> Result<()> {
     let size = world.config().size;
     let label = world.config().label;
     let mut csv = format!("file,caption,label,{}\n", FACTORS.join(","));
-    for (i, scene) in world.sample(split, args.n, args.seed).iter().enumerate() {
+    let scenes = world.sample(split, args.n, args.seed);
+    let mut progress = StageProgress::new("rendering", "images", scenes.len());
+    for (i, scene) in scenes.iter().enumerate() {
         let class = &world.values(label)[scene.values[label]];
         let file = format!("{class}/{i:06}.png");
         let dir = args.out.join(class);
@@ -90,7 +94,9 @@ fn render(args: RenderArgs) -> Result<()> {
         write_png(args.out.join(&file), &image, 0)?;
         let values: Vec<&str> = (0..FACTORS.len()).map(|f| world.values(f)[scene.values[f]].as_str()).collect();
         let _ = writeln!(csv, "{file},\"{}\",{class},{}", world.caption(scene), values.join(","));
+        progress.update(i + 1, "");
     }
+    progress.finish("");
     let path = args.out.join("metadata.csv");
     foil::tensor::write_text_atomically(&path, &csv)?;
     println!("wrote {} images and {}", args.n, path.display());

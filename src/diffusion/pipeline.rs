@@ -198,9 +198,14 @@ impl StableDiffusion {
         Ok([self.unet.in_channels(), h / ds, w / ds])
     }
 
+    /// The image size (height, width) in pixels the UNet was made for, where its config says.
+    pub fn default_size(&self) -> Option<(usize, usize)> {
+        let ds = self.vae.downscale();
+        self.unet.sample_size().map(|s| (s * ds, s * ds))
+    }
+
     /// (N, C, h, w) of the latents: from the given noise, else from the size.
     fn latent_shape(&self, req: &GenerateRequest, prompts: Option<usize>) -> Result<Vec<usize>> {
-        let ds = self.vae.downscale();
         let c = self.unet.in_channels();
         let image_size = req.init_image.as_ref().map(|(img, _)| (img.dims()[2], img.dims()[3]));
         match &req.noise {
@@ -220,8 +225,7 @@ impl StableDiffusion {
                 Ok(d.to_vec())
             }
             InitialNoise::Seed(_) => {
-                let default = self.unet.sample_size().map(|s| (s * ds, s * ds));
-                let Some(size) = req.size.or(image_size).or(default) else {
+                let Some(size) = req.size.or(image_size).or(self.default_size()) else {
                     return Err(Error::Usage("the UNet config has no sample_size: give --height and --width".into()));
                 };
                 let [_, h, w] = self.latent_dims(size)?;

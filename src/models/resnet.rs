@@ -211,7 +211,12 @@ impl ResNet {
     /// be used: a checkpoint of another architecture fails with the first tensor
     /// that does not fit.
     pub fn load(file: &Path, arch: ResNetArch, dtype: DType, device: &Device) -> Result<ResNet> {
-        ResNet::from_weights(&Weights::open(&[file.to_path_buf()], dtype, device)?, arch, true)
+        ResNet::for_inference(&Weights::open(&[file.to_path_buf()], dtype, device)?, arch)
+    }
+
+    /// `arch` from torchvision-named weights, for inference (BatchNorm folded).
+    pub fn for_inference(w: &Weights, arch: ResNetArch) -> Result<ResNet> {
+        ResNet::from_weights(w, arch, true)
     }
 
     /// `arch` from torchvision-named weights with BatchNorm kept as a layer, for

@@ -3,7 +3,7 @@
 //! the backend of the device the tensor lives on. Tensors are immutable and
 //! cheap to clone: ops return new tensors, reshapes share storage.
 
-mod atomic_file;
+pub(crate) mod atomic_file;
 mod attention_grad;
 mod conv_grad;
 mod elementwise;

@@ -51,21 +51,30 @@ impl GroupAccuracy {
     }
 }
 
+/// The group of `scene`: "circle / water" (label / tied factor), or the label alone when the world ties nothing.
+pub fn group_name(world: &World, scene: &Scene) -> String {
+    let tied = world.config().tie.map(|(f, _)| scene.values[f]);
+    name_of(world, world.label(scene), tied)
+}
+
+fn name_of(world: &World, label: usize, tied_value: Option<usize>) -> String {
+    let c = world.config();
+    let label = &world.values(c.label)[label];
+    match (c.tie, tied_value) {
+        (Some((f, _)), Some(v)) => format!("{label} / {}", world.values(f)[v]),
+        _ => label.clone(),
+    }
+}
+
 /// Accuracy per group of `scenes` for `predictions` (a class each). Groups are
-/// label × tied factor, or the labels alone when the world ties nothing.
+/// label × tied factor, or the labels alone when the world ties nothing; every
+/// group is listed, in (label, tied value) order, even one with no scenes.
 pub fn group_accuracy(world: &World, scenes: &[Scene], predictions: &[u32]) -> GroupAccuracy {
     let c = world.config();
-    let labels = world.values(c.label);
     let tied = c.tie.map(|(f, _)| f);
     let per_label = tied.map_or(1, |f| world.values(f).len());
-    let mut groups: Vec<Group> = (0..labels.len() * per_label)
-        .map(|g| {
-            let name = match tied {
-                Some(f) => format!("{} / {}", labels[g / per_label], world.values(f)[g % per_label]),
-                None => labels[g].clone(),
-            };
-            Group { name, correct: 0, total: 0 }
-        })
+    let mut groups: Vec<Group> = (0..world.values(c.label).len() * per_label)
+        .map(|g| Group { name: name_of(world, g / per_label, tied.map(|_| g % per_label)), correct: 0, total: 0 })
         .collect();
     for (scene, &p) in scenes.iter().zip(predictions) {
         let label = world.label(scene);

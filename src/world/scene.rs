@@ -2,13 +2,15 @@
 //! factor values it determines, rendered to RGB. A counterfactual keeps the noise
 //! and sets one factor, so everything the factor does not cause stays the same.
 
+use serde::{Deserialize, Serialize};
+
 use crate::tensor::Rng;
 
 /// The factors every world has, in this order; a config chooses their values.
 pub const FACTORS: [&str; 5] = ["shape", "colour", "background", "size", "position"];
 
 /// The exogenous noise of one scene: everything random that is not a factor.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Noise {
     /// Offset of the object's centre from its position's anchor, in units of the image side.
     pub jitter: (f32, f32),
@@ -39,7 +41,7 @@ impl Noise {
 }
 
 /// One scene: a value index for each of [`FACTORS`], and its noise.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scene {
     pub values: [usize; FACTORS.len()],
     pub noise: Noise,
