@@ -153,4 +153,10 @@ fn cli_trains_weights_that_classify_loads_and_stops_on_a_non_finite_loss() {
 
     let unknown = foil(&["train", "classifier", "--generated", "8", "--out", o, "--bogus"]);
     assert_eq!(unknown.status.code(), Some(2));
+    // A missing required flag is named on the one error line.
+    let missing = foil(&["reinforce", "--probe", o, "--out", o]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--classifier <FILE>"), "{stderr}");
 }

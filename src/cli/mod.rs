@@ -88,9 +88,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Err(e) => {
-            // clap's own message spans several lines (tips, usage); keep its first.
+            // clap's own message spans several lines (tips, usage); keep its first, and
+            // the indented list a first line ending in ':' introduces (the missing arguments).
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            let mut lines = text.lines();
+            let mut first = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines.take_while(|l| l.starts_with("  ")).map(str::trim).collect();
+                first = format!("{} {}", first, listed.join(", "));
+            }
             eprintln!("foil: error: {first} (see `foil --help`)");
             return ExitCode::from(2);
         }
