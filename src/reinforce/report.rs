@@ -99,8 +99,7 @@ impl Report {
             );
         }
         if let Some(g) = self.gap_closed {
-            let _ =
-                writeln!(out, "the loop closed {:.0}% of the worst-group gap to the group-balanced bound", 100.0 * g);
+            let _ = writeln!(out, "the loop {}", gap_sentence(g, ""));
         }
         out
     }
@@ -214,11 +213,7 @@ impl Report {
             );
         }
         if let Some(g) = self.gap_closed {
-            let _ = writeln!(
-                md,
-                "\nThe loop closed **{:.0}%** of the worst-group gap to the group-balanced bound.",
-                100.0 * g
-            );
+            let _ = writeln!(md, "\nThe loop {}.", gap_sentence(g, "**"));
         }
         let _ = writeln!(
             md,
@@ -241,4 +236,14 @@ impl Report {
         }
         md
     }
+}
+
+/// "closed N% of the worst-group gap…", the number between `strong` marks; a
+/// loop past the bound (its fine-tuning budget is the same, so it can be) says so.
+fn gap_sentence(gap_closed: f32, strong: &str) -> String {
+    let past = if gap_closed > 1.0 { ", going past the bound" } else { "" };
+    format!(
+        "closed {strong}{:.0}%{strong} of the worst-group gap to the group-balanced bound{past}",
+        100.0 * gap_closed
+    )
 }
