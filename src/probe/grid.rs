@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::tensor::atomic_file::write_atomically;
+use crate::tensor::image::write_rgb_png;
 
 /// One image and its caption (`\n` separates its at most two lines).
 pub struct GridCell<'a> {
@@ -96,16 +96,8 @@ pub fn render_grid(rows: &[GridRow], size: usize, scale: usize) -> Result<(usize
 /// Writes render_grid's image as a PNG, atomically (whole or not at all).
 pub fn write_grid(path: &Path, rows: &[GridRow], size: usize, scale: usize) -> Result<()> {
     let (width, height, rgb) = render_grid(rows, size, scale)?;
-    write_atomically(path, "cannot write PNG", |out| {
-        // Layout caps the image at MAX_BYTES, so both sides fit a u32.
-        let mut encoder = png::Encoder::new(out, width as u32, height as u32);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&rgb)?;
-        writer.finish()?;
-        Ok(())
-    })
+    // Layout caps the image at MAX_BYTES, so both sides fit a u32.
+    write_rgb_png(path, width as u32, height as u32, &rgb)
 }
 
 /// The layout of valid input, or the first problem as one line.

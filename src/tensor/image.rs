@@ -64,12 +64,17 @@ pub fn write_png(path: impl AsRef<Path>, images: &Tensor, index: usize) -> Resul
             rgb[i * 3 + c] = (plane[c * h * w + i].clamp(0.0, 1.0) * 255.0).round() as u8;
         }
     }
+    write_rgb_png(path, w as u32, h as u32, &rgb)
+}
+
+/// Writes interleaved 8-bit RGB rows as a PNG, atomically (whole or not at all).
+pub fn write_rgb_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
     write_atomically(path, "cannot write PNG", |out| {
-        let mut encoder = png::Encoder::new(out, w as u32, h as u32);
+        let mut encoder = png::Encoder::new(out, width, height);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         let mut writer = encoder.write_header()?;
-        writer.write_image_data(&rgb)?;
+        writer.write_image_data(rgb)?;
         writer.finish()?;
         Ok(())
     })
