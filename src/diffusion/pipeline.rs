@@ -43,6 +43,26 @@ pub struct GenerateRequest {
     pub init_image: Option<(Tensor, f32)>,
 }
 
+impl GenerateRequest {
+    /// One image per prompt of `generate_prompts` from the given initial `latents`
+    /// (N, C, h, w), the folder's scheduler and size, no negative prompt; with
+    /// `init_image`, image-to-image from it.
+    pub fn from_latents(steps: usize, guidance: f32, latents: Tensor, init_image: Option<(Tensor, f32)>) -> Self {
+        let batch = latents.dims()[0];
+        GenerateRequest {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps,
+            guidance,
+            scheduler: None,
+            noise: InitialNoise::Given { latents, encoder_noise: None },
+            batch,
+            size: None,
+            init_image,
+        }
+    }
+}
+
 /// The folder's scheduler config as diffusers' StableDiffusionPipeline
 /// constructor leaves it: `steps_offset` 1, and `clip_sample` off for the
 /// classes that have it (DDIM and DDPM, on by default). A `--scheduler` of

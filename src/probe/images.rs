@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::source::RealImage;
 use crate::autograd::no_grad;
 use crate::device::{DType, Device};
-use crate::diffusion::pipeline::{GenerateRequest, InitialNoise, StableDiffusion};
+use crate::diffusion::pipeline::{GenerateRequest, StableDiffusion};
 use crate::error::{Error, Result};
 use crate::models::resnet::{imagenet_normalize, ResNet, ResNetArch};
 use crate::nn::Weights;
@@ -101,20 +101,8 @@ pub fn generate(
             }
             None => None,
         };
-        let request = GenerateRequest {
-            prompt: String::new(),
-            negative_prompt: String::new(),
-            steps: config.steps,
-            guidance: config.guidance,
-            scheduler: None,
-            noise: InitialNoise::Given {
-                latents: Tensor::cat(&noise.iter().collect::<Vec<_>>(), 0)?,
-                encoder_noise: None,
-            },
-            batch: chunk.len(),
-            size: None,
-            init_image,
-        };
+        let latents = Tensor::cat(&noise.iter().collect::<Vec<_>>(), 0)?;
+        let request = GenerateRequest::from_latents(config.steps, config.guidance, latents, init_image);
         let images = sd.generate_prompts(&prompts, &request)?;
         size = images.dims()[2];
         pixels.extend(images.to_dtype(DType::F32)?.to_vec_f32()?);

@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::oracle::{Oracle, Reading};
 use super::{Scene, Split, World, FACTORS};
 use crate::device::Device;
-use crate::diffusion::pipeline::{GenerateRequest, InitialNoise, StableDiffusion};
+use crate::diffusion::pipeline::{GenerateRequest, StableDiffusion};
 use crate::error::Result;
 use crate::tensor::{Rng, Tensor};
 
@@ -99,17 +99,8 @@ pub fn measure(
                 Some((source, strength)) => Some((world.render_batch(&source[start..end], device)?, strength)),
                 None => None,
             };
-            let request = GenerateRequest {
-                prompt: String::new(),
-                negative_prompt: String::new(),
-                steps: config.steps,
-                guidance: config.guidance,
-                scheduler: None,
-                noise: InitialNoise::Given { latents: Tensor::cat(&refs, 0)?, encoder_noise: None },
-                batch: end - start,
-                size: None,
-                init_image,
-            };
+            let request =
+                GenerateRequest::from_latents(config.steps, config.guidance, Tensor::cat(&refs, 0)?, init_image);
             readings.extend(oracle.read(&sd.generate_prompts(&prompts[start..end], &request)?)?);
             images += end - start;
         }
