@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use foil::probe::source::read_csv;
 use serde_json::Value;
 
 fn foil(args: &[&str]) -> Output {
@@ -187,9 +188,9 @@ fn a_users_csv_and_lexicon_are_probed_by_image_to_image() {
         record["weaknesses"].as_array().unwrap().iter().map(|w| w["pairs"].as_u64().unwrap() as usize).sum();
     // Every caption names its background (3 other values); a size only where it is
     // worded as the lexicon words it (the grammar also says "big", "little").
-    let csv_text = std::fs::read_to_string(&csv).unwrap();
-    let captions = csv_text.lines().skip(1).map(|l| l.split('"').nth(1).unwrap_or_default().to_string());
-    let sized = captions.filter(|c| c.contains("small") || c.contains("large")).count();
+    let rows = read_csv(&csv).unwrap();
+    let caption = rows[0].iter().position(|h| h == "caption").expect("a caption column");
+    let sized = rows[1..].iter().filter(|r| r[caption].contains("small") || r[caption].contains("large")).count();
     assert_eq!(pairs, 6 * 3 + sized);
     assert_eq!(record["captions"]["classes"], serde_json::json!(["circle", "square", "triangle", "star"]));
 
