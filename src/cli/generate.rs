@@ -40,9 +40,9 @@ pub struct GenerateArgs {
     /// Seed of the initial noise and of stochastic schedulers' noise.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
-    /// A safetensors file with `latents` (N, 4, h, w), used as diffusers' `latents=` argument
-    /// (with --init-image: the noise added to the encoded image; an optional `encoder_noise`
-    /// tensor is then the VAE posterior's draw).
+    /// A safetensors file with `latents` (N, C, h, w), C being the UNet's in_channels (4 for Stable
+    /// Diffusion), used as diffusers' `latents=` argument (with --init-image: the noise added to the
+    /// encoded image; an optional `encoder_noise` tensor is then the VAE posterior's draw).
     #[arg(long, value_name = "FILE")]
     init_noise: Option<PathBuf>,
     /// Image-to-image: start from this PNG instead of pure noise.
