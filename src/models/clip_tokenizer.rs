@@ -14,12 +14,12 @@
 //! CLIP's two markers also in the lowercased text. A tokenizer.json gives the BPE model and its added
 //! tokens; its own pipeline is replaced, as the slow tokenizer ignores it too.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use tokenizers::decoders::DecoderWrapper;
-use tokenizers::models::bpe::{BpeTrainer, Vocab, BPE};
-use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::replace::ReplacePattern;
 use tokenizers::normalizers::{Lowercase, NormalizerWrapper, Replace, Sequence as NormalizerSequence, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -29,7 +29,8 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{
-    AddedToken, ModelWrapper, NormalizedString, Normalizer, SplitDelimiterBehavior, Tokenizer, TokenizerImpl,
+    AddedToken, ModelWrapper, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString,
+    PreTokenizer, SplitDelimiterBehavior, Tokenizer, TokenizerImpl,
 };
 
 use crate::error::{file_err, Error, Result};
@@ -199,30 +200,31 @@ fn lowercase_with_final_sigma(normalized: &mut NormalizedString) {
 /// and `max_position_embeddings`.
 pub fn train_tokenizer(texts: &[String], dir: &Path) -> Result<(usize, usize)> {
     let fail = |e: tokenizers::Error| Error::Usage(format!("training the tokenizer: {e}"));
-    let specials = vec![AddedToken::from(START_OF_TEXT, true), AddedToken::from(END_OF_TEXT, true)];
+    let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(fail)?;
+    let normalizer =
+        NormalizerWrapper::Sequence(NormalizerSequence::new(vec![NFC.into(), whitespace.into(), Lowercase.into()]));
+    let pre_tokenizer = clip_pre_tokenizer().map_err(fail)?;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for text in texts {
+        let mut normalized = NormalizedString::from(text.as_str());
+        normalizer.normalize(&mut normalized).map_err(fail)?;
+        let mut pieces = PreTokenizedString::from(normalized);
+        pre_tokenizer.pre_tokenize(&mut pieces).map_err(fail)?;
+        for (piece, _, _) in pieces.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            *counts.entry(piece.to_string()).or_default() += 1;
+        }
+    }
+    let (vocab, merges) = learn_bpe(&counts, MAX_TRAINED_VOCAB);
     let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
         .unk_token(END_OF_TEXT.to_string())
         .end_of_word_suffix(END_OF_WORD_SUFFIX.to_string())
         .build()
         .map_err(fail)?;
     let mut tokenizer = Tokenizer::new(bpe);
-    let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(fail)?;
-    tokenizer.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(vec![
-        NFC.into(),
-        whitespace.into(),
-        Lowercase.into(),
-    ]))));
-    tokenizer.with_pre_tokenizer(Some(clip_pre_tokenizer().map_err(fail)?));
-    let mut trainer = TrainerWrapper::BpeTrainer(
-        BpeTrainer::builder()
-            .show_progress(false)
-            .special_tokens(specials)
-            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-            .end_of_word_suffix(END_OF_WORD_SUFFIX.to_string())
-            .vocab_size(MAX_TRAINED_VOCAB)
-            .build(),
-    );
-    tokenizer.train(&mut trainer, texts.iter()).map_err(fail)?;
+    tokenizer.with_normalizer(Some(normalizer));
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.add_special_tokens(&[AddedToken::from(START_OF_TEXT, true), AddedToken::from(END_OF_TEXT, true)]);
     let id = |token: &str| tokenizer.token_to_id(token).ok_or_else(|| Error::Usage(format!("no id for {token}")));
     let (bos, eos) = (id(START_OF_TEXT)?, id(END_OF_TEXT)?);
     let mut longest = 0;
@@ -252,6 +254,62 @@ pub fn train_tokenizer(texts: &[String], dir: &Path) -> Result<(usize, usize)> {
         crate::tensor::write_text_atomically(&dir.join(name), &text)?;
     }
     Ok((tokenizer.get_vocab_size(true), max_len))
+}
+
+/// Byte-level BPE learned from word counts as the tokenizers crate's trainer learns it (each word's last
+/// symbol carries the end-of-word suffix; the most frequent pair is merged until no pair is left or the
+/// vocabulary is full), but reproducibly: a tie goes to the pair that sorts first, and ids follow a fixed
+/// order (CLIP's two markers, the byte alphabet, the suffixed symbols, then each merge's result). The
+/// crate's trainer numbers the suffixed symbols in hash-map order, so the same captions gave different
+/// ids from run to run (huggingface/tokenizers#1794).
+fn learn_bpe(counts: &BTreeMap<String, u64>, max_vocab: usize) -> (Vocab, Vec<(String, String)>) {
+    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort_unstable();
+    let mut words: Vec<(Vec<String>, u64)> = counts
+        .iter()
+        .map(|(word, &n)| {
+            let mut symbols: Vec<String> = word.chars().map(String::from).collect();
+            if let Some(last) = symbols.last_mut() {
+                last.push_str(END_OF_WORD_SUFFIX);
+            }
+            (symbols, n)
+        })
+        .collect();
+    let suffixed: BTreeSet<String> = words.iter().filter_map(|(symbols, _)| symbols.last().cloned()).collect();
+    let mut tokens: Vec<String> = vec![START_OF_TEXT.into(), END_OF_TEXT.into()];
+    tokens.extend(alphabet.iter().map(char::to_string));
+    tokens.extend(suffixed);
+    let mut merges = Vec::new();
+    while tokens.len() < max_vocab {
+        let mut pairs: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for (symbols, n) in &words {
+            for pair in symbols.windows(2) {
+                *pairs.entry((&pair[0], &pair[1])).or_default() += n;
+            }
+        }
+        let most = pairs.values().copied().max();
+        let Some(((a, b), _)) = pairs.into_iter().find(|&(_, n)| Some(n) == most) else {
+            break;
+        };
+        let (a, b) = (a.to_string(), b.to_string());
+        let merged = format!("{a}{b}");
+        for (symbols, _) in &mut words {
+            let mut i = 0;
+            while i + 1 < symbols.len() {
+                if symbols[i] == a && symbols[i + 1] == b {
+                    symbols[i] = merged.clone();
+                    symbols.remove(i + 1);
+                }
+                i += 1;
+            }
+        }
+        if !tokens.contains(&merged) {
+            tokens.push(merged);
+        }
+        merges.push((a, b));
+    }
+    let vocab = tokens.into_iter().enumerate().map(|(id, token)| (token, id as u32)).collect();
+    (vocab, merges)
 }
 
 /// CLIP's pieces (whitespace dropped), each then mapped to byte-level characters without further splitting.
@@ -403,5 +461,44 @@ fn read_optional_object(path: &PathBuf) -> Result<Map<String, Value>> {
     match read_json(path)? {
         Value::Object(object) => Ok(object),
         _ => file_err(path, "not a JSON object"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learn_bpe_breaks_ties_by_order_and_numbers_tokens_in_a_fixed_order() {
+        let counts: BTreeMap<String, u64> = [("cd", 2), ("ab", 2), ("abab", 1)].map(|(w, n)| (w.into(), n)).into();
+        let (vocab, merges) = learn_bpe(&counts, 1000);
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        // ("a", "b</w>") is counted 3 times, ("c", "d</w>") twice; then ("a", "b") and ("b", "ab</w>") tie
+        // at once each, and the one that sorts first is merged.
+        assert_eq!(merges, [pair("a", "b</w>"), pair("c", "d</w>"), pair("a", "b"), pair("ab", "ab</w>")]);
+        let ids = ["<|startoftext|>", "<|endoftext|>", "b</w>", "d</w>", "ab</w>", "cd</w>", "ab", "abab</w>"]
+            .map(|token| vocab[token]);
+        assert_eq!(ids, [0, 1, 258, 259, 260, 261, 262, 263]);
+        assert_eq!(vocab.len(), 2 + 256 + 2 + merges.len());
+    }
+
+    #[test]
+    fn training_twice_on_the_same_texts_gives_the_same_file() {
+        let texts: Vec<String> = ["a photo of a red star on water", "a small blue circle, on sand", "the sky"]
+            .iter()
+            .cycle()
+            .take(30)
+            .map(|t| t.to_string())
+            .collect();
+        let root = std::env::temp_dir().join(format!("foil-train-tokenizer-{}", std::process::id()));
+        let files: Vec<String> = (0..2)
+            .map(|run| {
+                let dir = root.join(run.to_string());
+                train_tokenizer(&texts, &dir).unwrap();
+                std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()
+            })
+            .collect();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(files[0], files[1]);
     }
 }
