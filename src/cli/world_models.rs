@@ -40,6 +40,12 @@ pub struct WorldSdArgs {
     denoiser_steps: usize,
     #[arg(long, value_name = "N", default_value_t = WorldSdConfig::default().denoiser_batch)]
     denoiser_batch: usize,
+    /// The UNet's peak learning rate (AdamW, warm-up then cosine decay to 5% of it).
+    #[arg(long, value_name = "LR", default_value_t = WorldSdConfig::default().denoiser_lr)]
+    denoiser_lr: f32,
+    /// Min-SNR-γ weighting of the UNet's loss (each timestep's loss scaled by min(SNR, γ)/SNR); 0 turns it off.
+    #[arg(long, value_name = "G", default_value_t = WorldSdConfig::default().snr_gamma.unwrap_or(0.0))]
+    snr_gamma: f32,
     /// The fraction of captions replaced by the empty one (for classifier-free guidance).
     #[arg(long, value_name = "P", default_value_t = WorldSdConfig::default().caption_dropout)]
     caption_dropout: f32,
@@ -68,6 +74,8 @@ pub fn world_sd(args: WorldSdArgs, device: &Device) -> Result<()> {
         text_encoder_steps: args.text_encoder_steps,
         denoiser_steps: args.denoiser_steps,
         denoiser_batch: args.denoiser_batch,
+        denoiser_lr: args.denoiser_lr,
+        snr_gamma: (args.snr_gamma > 0.0).then_some(args.snr_gamma),
         caption_dropout: args.caption_dropout,
         seed: args.seed,
         dtype: dtype_or(args.dtype, device, DType::BF16),
@@ -81,6 +89,9 @@ pub fn world_sd(args: WorldSdArgs, device: &Device) -> Result<()> {
     }
     if config.images == 0 || config.autoencoder_batch == 0 || config.denoiser_batch == 0 {
         return Err(Error::Usage("--images and the batch sizes must be at least 1".into()));
+    }
+    if !(config.denoiser_lr > 0.0 && config.denoiser_lr.is_finite()) || !(args.snr_gamma >= 0.0) {
+        return Err(Error::Usage("--denoiser-lr must be positive and --snr-gamma at least 0".into()));
     }
     if !(0.0..1.0).contains(&config.caption_dropout) {
         return Err(Error::Usage(format!("--caption-dropout {} must be in [0, 1)", config.caption_dropout)));

@@ -103,6 +103,20 @@ fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     d.mul(&d)?.reshape([n])?.mean(0, false)
 }
 
+/// The Min-SNR-γ weight of ε-prediction's loss at ᾱ: min(SNR, γ)/SNR with
+/// SNR = ᾱ/(1 − ᾱ); 1 without γ.
+fn min_snr_weight(alpha_bar: f32, gamma: Option<f32>) -> f32 {
+    let snr = alpha_bar / (1.0 - alpha_bar);
+    gamma.map_or(1.0, |gamma| snr.min(gamma) / snr)
+}
+
+/// The mean over every element of `weights · (a − b)²`: a scalar.
+fn weighted_mse(a: &Tensor, b: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let d = a.sub(b)?;
+    let n = d.numel();
+    d.mul(&d)?.mul(weights)?.reshape([n])?.mean(0, false)
+}
+
 /// Trains the autoencoder of diffusers config `config_file` from `init` on
 /// `data`; returns its parameters.
 pub fn train_autoencoder(
@@ -256,6 +270,10 @@ pub struct DenoiserConfig {
     pub caption_dropout: f32,
     /// The decay of the moving average of the weights that is returned.
     pub average_decay: f32,
+    /// Min-SNR-γ loss weighting (Hang et al. 2023, diffusers' `--snr_gamma`): each
+    /// sample's loss is scaled by min(SNR, γ)/SNR, so the nearly clean timesteps,
+    /// which are easy and decide only texture, stop dominating the gradient.
+    pub snr_gamma: Option<f32>,
 }
 
 /// Latents already multiplied by the autoencoder's scaling factor, flat, with
@@ -292,7 +310,7 @@ pub fn train_denoiser(
     while (params.steps() as usize) < stage.steps {
         let idx = stage.batch_indices(&mut rng, n);
         let mut context = Vec::with_capacity(idx.len() * context_len);
-        let (mut noisy, mut eps, mut timesteps) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut noisy, mut eps, mut timesteps, mut weights) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for &i in &idx {
             if rng.uniform() < config.caption_dropout {
                 context.extend(&empty);
@@ -308,6 +326,7 @@ pub fn train_denoiser(
                 eps.push(e);
             }
             timesteps.push(t as f32);
+            weights.extend(std::iter::repeat_n(min_snr_weight(abar, config.snr_gamma), per));
         }
         let shape = [idx.len(), data.dims[0], data.dims[1], data.dims[2]];
         let noisy = Tensor::from_f32(noisy, shape, device)?.to_dtype(stage.dtype)?;
@@ -318,8 +337,35 @@ pub fn train_denoiser(
         let w = Weights::from_tensors("world-sd", leaves.clone(), stage.dtype, device);
         let unet = UNet2DConditionModel::from_weights(models.unet_config, &w.pp("unet"))?;
         let pred = unet.forward(&noisy, &timesteps, &context)?;
-        let loss = mse(&pred.to_dtype(DType::F32)?, &eps)?;
+        let weights = Tensor::from_f32(weights, shape, device)?;
+        let loss = weighted_mse(&pred.to_dtype(DType::F32)?, &eps, &weights)?;
         params.minimize(&leaves, &loss, "denoiser", stage.steps, start, progress)?;
     }
     Ok(params.averaged().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_snr_weight_caps_only_the_nearly_clean_timesteps() {
+        // SNR 1 and 0.25 are under γ = 5: full weight.
+        assert_eq!(min_snr_weight(0.5, Some(5.0)), 1.0);
+        assert_eq!(min_snr_weight(0.2, Some(5.0)), 1.0);
+        // SNR 20: weighted 5/20.
+        assert!((min_snr_weight(20.0 / 21.0, Some(5.0)) - 0.25).abs() < 1e-5);
+        assert_eq!(min_snr_weight(20.0 / 21.0, None), 1.0);
+    }
+
+    #[test]
+    fn weighted_mse_weights_each_element() {
+        let device = Device::Cpu;
+        let a = Tensor::from_f32(vec![1.0, 2.0, -1.5, 0.25], [4], &device).unwrap();
+        let b = Tensor::from_f32(vec![0.5, -1.0, 0.5, 1.25], [4], &device).unwrap();
+        let w = Tensor::from_f32(vec![1.0, 0.5, 0.25, 2.0], [4], &device).unwrap();
+        let got = weighted_mse(&a, &b, &w).unwrap().to_vec_f32().unwrap()[0];
+        let want = (0.25 + 0.5 * 9.0 + 0.25 * 4.0 + 2.0 * 1.0) / 4.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
 }

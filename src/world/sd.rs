@@ -51,6 +51,8 @@ pub struct WorldSdConfig {
     pub caption_dropout: f32,
     /// The decay of the moving average of the UNet's weights that is shipped.
     pub average_decay: f32,
+    /// Min-SNR-γ weighting of the UNet's loss; None weights every timestep alike.
+    pub snr_gamma: Option<f32>,
     pub seed: u64,
     pub dtype: DType,
     /// A pipeline folder (an earlier run's output, or its `.partial` folder) whose
@@ -73,6 +75,7 @@ impl Default for WorldSdConfig {
             denoiser_lr: 1e-3,
             caption_dropout: 0.1,
             average_decay: 0.999,
+            snr_gamma: Some(5.0),
             seed: 0,
             dtype: DType::F32,
             init: None,
@@ -231,6 +234,7 @@ pub fn train_world_sd(
             stage: stage(config.denoiser_steps, config.denoiser_batch, config.denoiser_lr, config.seed ^ 2),
             caption_dropout: config.caption_dropout,
             average_decay: config.average_decay,
+            snr_gamma: config.snr_gamma,
         },
         device,
         &mut |p| {
