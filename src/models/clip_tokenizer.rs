@@ -189,7 +189,7 @@ fn lowercase_with_final_sigma(normalized: &mut NormalizedString) {
 }
 
 /// Trains CLIP's kind of tokenizer, a byte-level BPE with the `</w>` end-of-word
-/// suffix, on `texts` with the tokenizers crate, and writes the folder a Stable
+/// suffix, on `texts` (merges learned by `learn_bpe`), and writes the folder a Stable
 /// Diffusion pipeline reads: tokenizer.json (CLIPConverter's pipeline around
 /// the trained merges), tokenizer_config.json (the special tokens and the
 /// length) and special_tokens_map.json. Merging runs until every word of the

@@ -3,8 +3,8 @@
 //! text alone (SD took CLIP's, trained contrastively; here the encoder learns to
 //! name every attribute of a caption, so that each phrase moves its hidden
 //! states); then the UNet on the autoencoder's latents, conditioned on the
-//! frozen text encoder, with ε-prediction at timesteps drawn uniformly, the
-//! caption replaced by the empty one at a rate (so that the model also learns
+//! frozen text encoder, with ε-prediction at timesteps drawn uniformly (their
+//! losses weighted by Min-SNR-γ when asked), the caption replaced by the empty one at a rate (so that the model also learns
 //! the unconditional prediction that classifier-free guidance needs), and an
 //! exponential moving average of its weights kept for sampling.
 //!
