@@ -105,17 +105,15 @@ pub fn world_sd(args: WorldSdArgs, device: &Device) -> Result<()> {
     let log_every = args.log_every;
     let outcome =
         train_world_sd(&world, &config, &args.out, device, &mut |stage: &str, p: &Progress| log(stage, log_every, p))?;
-    let autoencoder = if config.autoencoder_steps == 0 {
-        "kept from --init".to_string()
-    } else {
-        format!("final loss {:.5}, {:.0} s", outcome.autoencoder_loss, outcome.autoencoder_seconds)
+    let stage = |steps: usize, loss: f32, seconds: f64| match steps {
+        0 => "kept from --init".to_string(),
+        _ => format!("final loss {loss:.5}, {seconds:.0} s"),
     };
     println!(
-        "wrote {} (autoencoder: {autoencoder}; text encoder: final loss {:.5}, {:.0} s; UNet: final loss {:.5}, \
-         {:.0} s; latent scaling factor {:.5})",
+        "wrote {} (autoencoder: {}; text encoder: {}; UNet: final loss {:.5}, {:.0} s; latent scaling factor {:.5})",
         args.out.display(),
-        outcome.text_encoder_loss,
-        outcome.text_encoder_seconds,
+        stage(config.autoencoder_steps, outcome.autoencoder_loss, outcome.autoencoder_seconds),
+        stage(config.text_encoder_steps, outcome.text_encoder_loss, outcome.text_encoder_seconds),
         outcome.denoiser_loss,
         outcome.denoiser_seconds,
         outcome.scaling_factor
