@@ -90,7 +90,8 @@ pub fn world_sd(args: WorldSdArgs, device: &Device) -> Result<()> {
     if config.images == 0 || config.autoencoder_batch == 0 || config.denoiser_batch == 0 {
         return Err(Error::Usage("--images and the batch sizes must be at least 1".into()));
     }
-    if !(config.denoiser_lr > 0.0 && config.denoiser_lr.is_finite()) || !(args.snr_gamma >= 0.0) {
+    let valid = config.denoiser_lr > 0.0 && config.denoiser_lr.is_finite() && args.snr_gamma >= 0.0;
+    if !valid {
         return Err(Error::Usage("--denoiser-lr must be positive and --snr-gamma at least 0".into()));
     }
     if !(0.0..1.0).contains(&config.caption_dropout) {
