@@ -4,9 +4,10 @@
 //! name every attribute of a caption, so that each phrase moves its hidden
 //! states); then the UNet on the autoencoder's latents, conditioned on the
 //! frozen text encoder, with ε-prediction at timesteps drawn uniformly (their
-//! losses weighted by Min-SNR-γ when asked), the caption replaced by the empty one at a rate (so that the model also learns
-//! the unconditional prediction that classifier-free guidance needs), and an
-//! exponential moving average of its weights kept for sampling.
+//! losses weighted by Min-SNR-γ when asked), the caption replaced by the empty
+//! one at a rate (so that the model also learns the unconditional prediction
+//! that classifier-free guidance needs), and an exponential moving average of
+//! its weights kept for sampling.
 //!
 //! The autoencoder's posterior has a fixed variance: the decoder learns from
 //! `mean + σ·ε`, the KL term keeps its mean part (β·½·mean²), and the encoder's
@@ -110,7 +111,8 @@ fn min_snr_weight(alpha_bar: f32, gamma: Option<f32>) -> f32 {
     gamma.map_or(1.0, |gamma| snr.min(gamma) / snr)
 }
 
-/// The mean over every element of `weights · (a − b)²`: a scalar.
+/// The mean over every element of `weights · (a − b)²`, `weights` broadcast
+/// against `a` (one a sample, for instance): a scalar.
 fn weighted_mse(a: &Tensor, b: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let d = a.sub(b)?;
     let n = d.numel();
@@ -326,7 +328,7 @@ pub fn train_denoiser(
                 eps.push(e);
             }
             timesteps.push(t as f32);
-            weights.extend(std::iter::repeat_n(min_snr_weight(abar, config.snr_gamma), per));
+            weights.push(min_snr_weight(abar, config.snr_gamma));
         }
         let shape = [idx.len(), data.dims[0], data.dims[1], data.dims[2]];
         let noisy = Tensor::from_f32(noisy, shape, device)?.to_dtype(stage.dtype)?;
@@ -337,7 +339,7 @@ pub fn train_denoiser(
         let w = Weights::from_tensors("world-sd", leaves.clone(), stage.dtype, device);
         let unet = UNet2DConditionModel::from_weights(models.unet_config, &w.pp("unet"))?;
         let pred = unet.forward(&noisy, &timesteps, &context)?;
-        let weights = Tensor::from_f32(weights, shape, device)?;
+        let weights = Tensor::from_f32(weights, [idx.len(), 1, 1, 1], device)?;
         let loss = weighted_mse(&pred.to_dtype(DType::F32)?, &eps, &weights)?;
         params.minimize(&leaves, &loss, "denoiser", stage.steps, start, progress)?;
     }
@@ -366,6 +368,12 @@ mod tests {
         let w = Tensor::from_f32(vec![1.0, 0.5, 0.25, 2.0], [4], &device).unwrap();
         let got = weighted_mse(&a, &b, &w).unwrap().to_vec_f32().unwrap()[0];
         let want = (0.25 + 0.5 * 9.0 + 0.25 * 4.0 + 2.0 * 1.0) / 4.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // One weight a sample, broadcast over its elements, as the denoiser passes them.
+        let (a, b) = (a.reshape([2, 2]).unwrap(), b.reshape([2, 2]).unwrap());
+        let w = Tensor::from_f32(vec![0.5, 2.0], [2, 1], &device).unwrap();
+        let got = weighted_mse(&a, &b, &w).unwrap().to_vec_f32().unwrap()[0];
+        let want = (0.5 * (0.25 + 9.0) + 2.0 * (4.0 + 1.0)) / 4.0;
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
     }
 }
