@@ -165,6 +165,10 @@ fn measure(args: MeasureArgs, device: &Device) -> Result<()> {
         factor_rates(&m.fidelity),
         100.0 * m.fidelity_all
     );
+    for (f, counts) in m.confusion.iter().enumerate().filter(|&(f, _)| m.fidelity[f] < 1.0) {
+        println!("{} as the oracle reads it (rows: the caption's value):", FACTORS[f]);
+        print_confusion(world.values(f), counts);
+    }
     let table = |rows: &[EditRates]| {
         for r in rows {
             println!(
@@ -183,4 +187,14 @@ fn measure(args: MeasureArgs, device: &Device) -> Result<()> {
         table(rows);
     }
     Ok(())
+}
+
+fn print_confusion(values: &[String], counts: &[Vec<usize>]) {
+    let width = values.iter().map(String::len).max().unwrap_or(0).max(5);
+    let header: String = values.iter().map(|v| format!(" {v:>width$}")).collect();
+    println!("  {:<width$}{header}", "");
+    for (value, row) in values.iter().zip(counts) {
+        let cells: String = row.iter().map(|c| format!(" {c:>width$}")).collect();
+        println!("  {value:<width$}{cells}");
+    }
 }

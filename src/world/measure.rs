@@ -1,7 +1,9 @@
 //! Measures of a world generator, read by the oracle on images of captions
 //! whose factors are known:
 //! - fidelity: per factor, the fraction of images from a caption whose oracle
-//!   reading is the caption's value (and the fraction right on every factor);
+//!   reading is the caption's value (and the fraction right on every factor),
+//!   with the confusion of caption values and readings that says which values
+//!   the generator mixes up;
 //! - counterfactual pairs from the same initial noise with one caption phrase
 //!   changed: edit success (the changed factor reads as the new value) and
 //!   preservation (every other factor reads as in the factual image);
@@ -51,6 +53,9 @@ pub struct Measures {
     pub fidelity: [f32; FACTORS.len()],
     /// Every factor right at once.
     pub fidelity_all: f32,
+    /// Per factor: counts of images by the caption's value (row) and the
+    /// oracle's reading (column).
+    pub confusion: Vec<Vec<Vec<usize>>>,
     /// Text-to-image pairs, per changed factor.
     pub pairs: Vec<EditRates>,
     /// Image-to-image edits: the strength and its rates per changed factor.
@@ -124,11 +129,26 @@ pub fn measure(
     Ok(Measures {
         fidelity,
         fidelity_all,
+        confusion: confusion(&world, &scenes, &factual),
         pairs: edit_rates(&edits, &factual, &counterfactual),
         img2img,
         images,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Per factor: images counted by the scene's value (row) and the reading (column).
+fn confusion(world: &World, scenes: &[Scene], readings: &[Reading]) -> Vec<Vec<Vec<usize>>> {
+    (0..FACTORS.len())
+        .map(|f| {
+            let n = world.values(f).len();
+            let mut counts = vec![vec![0; n]; n];
+            for (r, s) in readings.iter().zip(scenes) {
+                counts[s.values[f]][r[f]] += 1;
+            }
+            counts
+        })
+        .collect()
 }
 
 /// Per changed factor: how often `after` reads the new value, and how often
@@ -155,4 +175,40 @@ fn fraction(hits: impl Iterator<Item = bool>) -> f32 {
         all += 1;
     }
     yes as f32 / all.max(1) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::WorldConfig;
+
+    #[test]
+    fn confusion_counts_each_reading_under_its_scenes_value() {
+        let world = World::new(WorldConfig::default());
+        let scenes = world.sample(Split::Test, 40, 3);
+        // Every fifth reading of the first factor is shifted to the next value.
+        let readings: Vec<Reading> = scenes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut r = s.values;
+                if i % 5 == 0 {
+                    r[0] = (r[0] + 1) % world.values(0).len();
+                }
+                r
+            })
+            .collect();
+        let counts = confusion(&world, &scenes, &readings);
+        assert_eq!(counts.len(), FACTORS.len());
+        for (f, table) in counts.iter().enumerate() {
+            let n = world.values(f).len();
+            assert_eq!(table.len(), n);
+            assert_eq!(table.iter().flatten().sum::<usize>(), scenes.len());
+            let diagonal: usize = (0..n).map(|v| table[v][v]).sum();
+            assert_eq!(diagonal, if f == 0 { scenes.len() - 8 } else { scenes.len() });
+        }
+        for (i, s) in scenes.iter().enumerate().filter(|(i, _)| i % 5 == 0) {
+            assert!(counts[0][s.values[0]][readings[i][0]] > 0, "scene {i}");
+        }
+    }
 }
