@@ -121,15 +121,18 @@ pub fn measure(
         img2img.push((strength, edit_rates(&edits, &truth, &readings)));
     }
 
+    let confusion = confusion(&world, &scenes, &factual);
+    // A factor's fidelity is its confusion's diagonal share.
     let mut fidelity = [0.0; FACTORS.len()];
-    for (f, rate) in fidelity.iter_mut().enumerate() {
-        *rate = fraction(factual.iter().zip(&scenes).map(|(r, s)| r[f] == s.values[f]));
+    for (rate, counts) in fidelity.iter_mut().zip(&confusion) {
+        let right: usize = counts.iter().enumerate().map(|(v, row)| row[v]).sum();
+        *rate = right as f32 / scenes.len().max(1) as f32;
     }
     let fidelity_all = fraction(factual.iter().zip(&scenes).map(|(r, s)| *r == s.values));
     Ok(Measures {
         fidelity,
         fidelity_all,
-        confusion: confusion(&world, &scenes, &factual),
+        confusion,
         pairs: edit_rates(&edits, &factual, &counterfactual),
         img2img,
         images,
