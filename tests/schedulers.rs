@@ -298,26 +298,40 @@ fn random_step(r: &mut foil::Rng, guidance: bool, clip: bool, keep_x0: bool) -> 
     }
 }
 
-/// The step in f64, straight from the formula on SchedulerStep.
-fn reference(s: &SchedulerStep, x: &[f32], m: &[f32], noise: &[f32], prev: &[f32]) -> (Vec<f64>, Vec<f64>) {
+/// A sum in f64 as (value, Σ|term|).
+type Sum = (f64, f64);
+
+/// The step in f64, straight from the formula on SchedulerStep: per element,
+/// (out, x0), each as (value, Σ|term|). The f32 rounding error grows with the
+/// second, which the value can fall far below when the terms cancel.
+fn reference(s: &SchedulerStep, x: &[f32], m: &[f32], noise: &[f32], prev: &[f32]) -> (Vec<Sum>, Vec<Sum>) {
     let n = x.len();
+    // Σ c·v over (coefficient, (value, size)) pairs, with its size Σ|c|·size.
+    let lin = |terms: &[(f32, Sum)]| -> Sum {
+        terms.iter().fold((0.0, 0.0), |(v, a), &(c, (tv, ta))| (v + c as f64 * tv, a + (c as f64).abs() * ta))
+    };
+    let at = |v: f32| -> Sum { (v as f64, (v as f64).abs()) };
     (0..n)
         .map(|i| {
-            let (x, n_, p) = (x[i] as f64, noise[i] as f64, prev[i] as f64);
             let m = match s.guidance {
-                Some(g) => m[i] as f64 + g as f64 * (m[n + i] as f64 - m[i] as f64),
-                None => m[i] as f64,
+                Some(g) => {
+                    let (u, c) = (m[i] as f64, m[n + i] as f64);
+                    (u + g as f64 * (c - u), u.abs() + g.abs() as f64 * (c.abs() + u.abs()))
+                }
+                None => at(m[i]),
             };
-            let mut x0 = s.x0_x as f64 * x + s.x0_m as f64 * m;
+            let mut x0 = lin(&[(s.x0_x, at(x[i])), (s.x0_m, m)]);
             if let Some(c) = s.clip {
-                x0 = x0.clamp(-c as f64, c as f64);
+                x0.0 = x0.0.clamp(-c as f64, c as f64);
             }
-            let eps = s.eps_x as f64 * x + s.eps_m as f64 * m;
-            let out = s.out_x0 as f64 * x0
-                + s.out_eps as f64 * eps
-                + s.out_x as f64 * x
-                + s.out_noise as f64 * n_
-                + s.out_prev as f64 * p;
+            let eps = lin(&[(s.eps_x, at(x[i])), (s.eps_m, m)]);
+            let out = lin(&[
+                (s.out_x0, x0),
+                (s.out_eps, eps),
+                (s.out_x, at(x[i])),
+                (s.out_noise, at(noise[i])),
+                (s.out_prev, at(prev[i])),
+            ]);
             (out, x0)
         })
         .unzip()
@@ -339,12 +353,12 @@ fn fused_step_matches_the_formula() {
                 .unwrap();
             let (want_out, want_x0) = reference(&s, &x, &m, &noise, &prev);
             let what = format!("{dims:?} guidance {guidance} clip {clip}");
-            // Judged against the terms' size: the sum may cancel.
-            let scale = want_out.iter().fold(0f64, |a, v| a.max(v.abs())).max(10.0);
-            let e = common::rel_err_to(&out.to_vec_f32().unwrap(), &want_out, scale);
-            assert!(e <= 1e-6, "{what}: out off by {e:.2e}");
-            let e = rel_err(&x0.unwrap().to_vec_f32().unwrap(), &want_x0);
-            assert!(e <= 1e-6, "{what}: x0 off by {e:.2e}");
+            for (name, got, want) in [("out", out, want_out), ("x0", x0.unwrap(), want_x0)] {
+                let (values, sizes): (Vec<f64>, Vec<f64>) = want.into_iter().unzip();
+                let scale = sizes.iter().fold(0f64, |a, &v| a.max(v));
+                let e = common::rel_err_to(&got.to_vec_f32().unwrap(), &values, scale);
+                assert!(e <= 1e-6, "{what}: {name} off by {e:.2e}");
+            }
         }
     }
 }
@@ -389,6 +403,12 @@ fn cuda_fused_step_matches_cpu() {
                 let (cm, gm) = pair(&mut r, &model_dims);
                 let (cn, gn) = pair(&mut r, &dims);
                 let (cp, gp) = pair(&mut r, &dims);
+                // Judged against the size of the terms, since the sums may cancel.
+                let (out_terms, x0_terms) = {
+                    let v = |t: &Tensor, on: bool| if on { t.to_vec_f32().unwrap() } else { vec![0.0; n] };
+                    let (x, m) = (v(&cx, true), v(&cm, true));
+                    reference(&s, &x, &m, &v(&cn, noise_on), &v(&cp, prev_on))
+                };
                 let pick = |on: bool, t: Tensor| on.then_some(t);
                 let (cpu_out, cpu_x0) =
                     cx.scheduler_step(&cm, pick(noise_on, cn).as_ref(), pick(prev_on, cp).as_ref(), &s).unwrap();
@@ -396,15 +416,16 @@ fn cuda_fused_step_matches_cpu() {
                     gx.scheduler_step(&gm, pick(noise_on, gn).as_ref(), pick(prev_on, gp).as_ref(), &s).unwrap();
                 let what =
                     format!("{dtype:?} {dims:?} n={n} guidance {guidance} clip {clip} noise {noise_on} prev {prev_on}");
-                let cmp = |c: &Tensor, g: &Tensor, part: &str| {
+                let cmp = |c: &Tensor, g: &Tensor, terms: &[Sum], part: &str| {
                     let want: Vec<f64> = c.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
-                    let e = rel_err(&g.to_vec_f32().unwrap(), &want);
+                    let scale = terms.iter().fold(0f64, |a, &(_, size)| a.max(size));
+                    let e = common::rel_err_to(&g.to_vec_f32().unwrap(), &want, scale);
                     assert!(e <= tol, "{what}: {part} off by {e:.2e}");
                 };
-                cmp(&cpu_out, &gpu_out, "out");
+                cmp(&cpu_out, &gpu_out, &out_terms, "out");
                 assert_eq!(cpu_x0.is_some(), keep);
                 if let (Some(c), Some(g)) = (cpu_x0, gpu_x0) {
-                    cmp(&c, &g, "x0");
+                    cmp(&c, &g, &x0_terms, "x0");
                 }
             }
         }
