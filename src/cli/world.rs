@@ -9,6 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use foil::diffusion::pipeline::StableDiffusion;
 use foil::models::resnet::ResNetArch;
+use foil::probe::stats::wilson;
 use foil::tensor::image::write_png;
 use foil::world::measure::{measure as measure_generator, EditRates, MeasureConfig};
 use foil::world::oracle::Oracle;
@@ -169,18 +170,22 @@ fn measure(args: MeasureArgs, device: &Device) -> Result<()> {
         println!("{} as the oracle reads it (rows: the caption's value):", FACTORS[f]);
         print_confusion(world.values(f), counts);
     }
+    let rate = |hits: usize, n: usize| {
+        let [lo, hi] = wilson(hits, n);
+        format!("{:>5.1}% [{:>5.1}, {:>5.1}]", 100.0 * hits as f32 / n.max(1) as f32, 100.0 * lo, 100.0 * hi)
+    };
     let table = |rows: &[EditRates]| {
         for r in rows {
             println!(
-                "  {:<11} {:>4} pairs  edit success {:>5.1}%  preservation {:>5.1}%",
+                "  {:<11} {:>4} pairs  edit success {}  preservation {}",
                 r.factor,
                 r.pairs,
-                100.0 * r.success,
-                100.0 * r.preservation
+                rate(r.succeeded, r.pairs),
+                rate(r.preserved, r.pairs)
             );
         }
     };
-    println!("counterfactual pairs (same noise, one phrase changed):");
+    println!("counterfactual pairs (same noise, one phrase changed; 95% Wilson intervals):");
     table(&m.pairs);
     for (strength, rows) in &m.img2img {
         println!("image-to-image from the render at strength {strength} (preservation against the scene):");

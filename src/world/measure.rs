@@ -38,13 +38,26 @@ impl Default for MeasureConfig {
     }
 }
 
-/// Edit success and preservation of the pairs that changed one factor.
+/// Edit success and preservation of the pairs that changed one factor, as
+/// counts: at tens of pairs a factor, a rate needs its interval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EditRates {
     pub factor: &'static str,
     pub pairs: usize,
-    pub success: f32,
-    pub preservation: f32,
+    /// Pairs whose changed factor reads as the new value.
+    pub succeeded: usize,
+    /// Pairs whose every other factor reads as before.
+    pub preserved: usize,
+}
+
+impl EditRates {
+    pub fn success(&self) -> f32 {
+        self.succeeded as f32 / self.pairs.max(1) as f32
+    }
+
+    pub fn preservation(&self) -> f32 {
+        self.preserved as f32 / self.pairs.max(1) as f32
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -163,10 +176,10 @@ fn edit_rates(edits: &[(usize, usize)], before: &[Reading], after: &[Reading]) -
             if pairs.is_empty() {
                 return None;
             }
-            let success = fraction(pairs.iter().map(|&i| after[i][f] == edits[i].1));
+            let succeeded = pairs.iter().filter(|&&i| after[i][f] == edits[i].1).count();
             let kept = |i: usize| (0..FACTORS.len()).all(|g| g == f || after[i][g] == before[i][g]);
-            let preservation = fraction(pairs.iter().map(|&i| kept(i)));
-            Some(EditRates { factor: FACTORS[f], pairs: pairs.len(), success, preservation })
+            let preserved = pairs.iter().filter(|&&i| kept(i)).count();
+            Some(EditRates { factor: FACTORS[f], pairs: pairs.len(), succeeded, preserved })
         })
         .collect()
 }
@@ -213,5 +226,25 @@ mod tests {
         for (i, s) in scenes.iter().enumerate().filter(|(i, _)| i % 5 == 0) {
             assert!(counts[0][s.values[0]][readings[i][0]] > 0, "scene {i}");
         }
+    }
+
+    #[test]
+    fn edit_rates_count_successes_and_preserved_pairs_per_changed_factor() {
+        // Six pairs: four change factor 0 to value 1, two change factor 2 to value 3.
+        let edits = [(0, 1), (0, 1), (0, 1), (0, 1), (2, 3), (2, 3)];
+        let before: Vec<Reading> = (0..6).map(|i| [0, i % 2, 0, 1, 2]).collect();
+        let mut after = before.clone();
+        after[0][0] = 1; // a clean edit
+        after[1][0] = 1; // an edit that also moved factor 4
+        after[1][4] = 0;
+        after[2][0] = 2; // the wrong new value, the rest kept
+        after[3][1] ^= 1; // no edit, and factor 1 moved
+        after[4][2] = 3; // a clean edit
+        after[5][2] = 3; // an edit that also moved factor 0
+        after[5][0] = 1;
+        let rates = edit_rates(&edits, &before, &after);
+        let got: Vec<_> = rates.iter().map(|r| (r.factor, r.pairs, r.succeeded, r.preserved)).collect();
+        assert_eq!(got, [(FACTORS[0], 4, 2, 2), (FACTORS[2], 2, 2, 1)]);
+        assert_eq!((rates[0].success(), rates[1].preservation()), (0.5, 0.5));
     }
 }
