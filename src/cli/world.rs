@@ -170,9 +170,9 @@ fn measure(args: MeasureArgs, device: &Device) -> Result<()> {
         println!("{} as the oracle reads it (rows: the caption's value):", FACTORS[f]);
         print_confusion(world.values(f), counts);
     }
-    let rate = |hits: usize, n: usize| {
-        let [lo, hi] = wilson(hits, n);
-        format!("{:>5.1}% [{:>5.1}, {:>5.1}]", 100.0 * hits as f32 / n.max(1) as f32, 100.0 * lo, 100.0 * hi)
+    let rate = |share: f32, hits: usize, pairs: usize| {
+        let [lo, hi] = wilson(hits, pairs);
+        format!("{:>5.1}% [{:>5.1}, {:>5.1}]", 100.0 * share, 100.0 * lo, 100.0 * hi)
     };
     let table = |rows: &[EditRates]| {
         for r in rows {
@@ -180,8 +180,8 @@ fn measure(args: MeasureArgs, device: &Device) -> Result<()> {
                 "  {:<11} {:>4} pairs  edit success {}  preservation {}",
                 r.factor,
                 r.pairs,
-                rate(r.succeeded, r.pairs),
-                rate(r.preserved, r.pairs)
+                rate(r.success(), r.succeeded, r.pairs),
+                rate(r.preservation(), r.preserved, r.pairs)
             );
         }
     };
