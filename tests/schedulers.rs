@@ -405,9 +405,9 @@ fn cuda_fused_step_matches_cpu() {
                 let (cp, gp) = pair(&mut r, &dims);
                 // Judged against the size of the terms, since the sums may cancel.
                 let (out_terms, x0_terms) = {
-                    let v = |t: &Tensor, on: bool| if on { t.to_vec_f32().unwrap() } else { vec![0.0; n] };
-                    let (x, m) = (v(&cx, true), v(&cm, true));
-                    reference(&s, &x, &m, &v(&cn, noise_on), &v(&cp, prev_on))
+                    let v = |t: &Tensor| t.to_vec_f32().unwrap();
+                    let or_zero = |t: &Tensor, on: bool| if on { v(t) } else { vec![0.0; n] };
+                    reference(&s, &v(&cx), &v(&cm), &or_zero(&cn, noise_on), &or_zero(&cp, prev_on))
                 };
                 let pick = |on: bool, t: Tensor| on.then_some(t);
                 let (cpu_out, cpu_x0) =
